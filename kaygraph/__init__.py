@@ -1,0 +1,1002 @@
+"""kaygraph: nodes, actions and graphs for LLM, agent and data workflows, in one file.
+
+A node runs in three phases: ``prep(shared)`` reads the shared store (a plain ``dict``),
+``exec(prep_res)`` does the work without touching the store, and
+``post(shared, prep_res, exec_res)`` writes results back and returns an action (a ``str``, or
+``None`` for ``"default"``). Wire nodes with ``a >> b`` and ``a - "action" >> b`` into a
+:class:`Graph` and call ``graph.run(shared)``.
+
+The public names and their behaviour follow the core of KayGraph 0.3.1, and the ``Flow``
+aliases let PocketFlow code run by changing its import. This file uses the standard library
+only (Python 3.10 to 3.13), so it can be copied into another project as it is. MIT licence.
+
+Sections, in order: helpers; Config; BaseNode; Node and its retry loop; batch and parallel
+nodes; async nodes; MetricsNode and ValidatedNode; Step and the graphs; aliases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import os
+import pickle
+import random
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from typing import Any, NamedTuple
+
+__version__ = "0.1.0"
+__all__ = [
+    "BaseNode", "Node", "BatchNode", "ParallelBatchNode",
+    "AsyncNode", "AsyncBatchNode", "AsyncParallelBatchNode",
+    "MetricsNode", "ValidatedNode", "Config", "Step",
+    "Graph", "BatchGraph", "AsyncGraph", "AsyncBatchGraph", "AsyncParallelBatchGraph",
+    "Flow", "AsyncFlow", "BatchFlow", "AsyncBatchFlow", "AsyncParallelBatchFlow",
+]
+
+Shared = dict[str, Any]
+Action = str | None
+
+# The library never configures logging; users opt in with logging.basicConfig or handlers.
+logging.getLogger("kaygraph").addHandler(logging.NullHandler())
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _fresh(node: Any) -> Any:
+    """Return a shallow copy of ``node``: a new instance sharing the attribute values.
+
+    Cheaper than ``copy.copy`` (no ``__reduce_ex__`` round trip); it runs once per graph
+    step and once per parallel item, so per-run state set on the copy stays on the copy.
+    """
+    twin = object.__new__(node.__class__)
+    twin.__dict__.update(node.__dict__)
+    return twin
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Add ``text`` as a note to ``exc`` (3.11+), once: the innermost kaygraph note wins."""
+    if hasattr(exc, "add_note") and not any(
+        str(n).startswith("kaygraph:") for n in getattr(exc, "__notes__", ())
+    ):
+        exc.add_note(text)
+
+
+def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
+    """Raise TypeError/ValueError naming ``name`` unless ``value`` is an int >= ``low``."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
+def _check_seconds(name: str, value: Any, optional: bool = False, positive: bool = False) -> None:
+    """Raise TypeError/ValueError naming ``name`` unless ``value`` is a number of seconds >= 0."""
+    if optional and value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+
+
+def _run_item(node: Node, item: Any) -> Any:
+    """Run one item's retry loop on its own copy of ``node`` (used by executors).
+
+    A module-level function so that process executors can pickle it by reference.
+    """
+    return _fresh(node)._retry(item)
+
+
+def _map_threads(fn: Callable[[Any, Any], Any], node: Any, items: Iterable[Any],
+                 executor: cf.Executor, window: int) -> list[Any]:
+    """Call ``fn(node, item)`` for each item on ``executor``; results in input order.
+
+    At most ``window`` items are submitted and not yet finished at any time, so a huge
+    generator is never materialised. The first failure cancels the futures not yet started,
+    waits for the running ones and re-raises: nothing is left running.
+    """
+    results: dict[int, Any] = {}
+    pending: dict[cf.Future[Any], int] = {}
+
+    def collect(when: str) -> None:
+        done, _ = cf.wait(pending, return_when=when)
+        for fut in done:
+            results[pending.pop(fut)] = fut.result()  # re-raises the item's error
+
+    try:
+        for i, item in enumerate(items):
+            pending[executor.submit(fn, node, item)] = i
+            if len(pending) >= window:
+                collect(cf.FIRST_COMPLETED)
+        while pending:
+            collect(cf.FIRST_EXCEPTION)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        cf.wait(pending)
+        raise
+    return [results[i] for i in range(len(results))]
+
+
+async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any] | None,
+                     limit: int | None) -> list[Any]:
+    """Await ``fn(item)`` for each item concurrently, at most ``limit`` at a time (None: all).
+
+    Results come back in input order. ``limit`` workers pull from one iterator, so a bounded
+    run never materialises its input. The first failure cancels every unfinished item and
+    re-raises once they have all stopped: no task is left running.
+    """
+    if items is None:
+        items = ()
+    if limit is None:
+        items = list(items)
+        limit = max(len(items), 1)
+    source = enumerate(items)
+    results: dict[int, Any] = {}
+
+    async def worker() -> None:
+        for i, item in source:
+            results[i] = await fn(item)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(limit)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [results[i] for i in range(len(results))]
+
+
+# --------------------------------------------------------------------------- Config
+
+class Config:
+    """A small dict of settings (model names, limits, paths) attached to a node or graph.
+
+    ``Config(data=None, **kwargs)`` copies ``data`` (a mapping) and ``kwargs``. A graph
+    hands its config to every node it runs whose own config is empty (falsy), as
+    KayGraph does. Raises TypeError when ``data`` is not a mapping.
+    """
+
+    def __init__(self, data: dict[str, Any] | Config | None = None, **kwargs: Any) -> None:
+        if isinstance(data, Config):
+            data = data.to_dict()
+        if data is not None and not isinstance(data, dict):
+            raise TypeError(f"Config data must be a dict, got {data!r} ({type(data).__name__})")
+        self._data: dict[str, Any] = {**(data or {}), **kwargs}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value for ``key``, or ``default`` when it is missing."""
+        return self._data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``key`` to ``value`` in place."""
+        self._data[key] = value
+
+    def update(self, other: dict[str, Any] | Config | None = None, **kwargs: Any) -> None:
+        """Update in place from a dict or Config and/or keyword arguments."""
+        self._data.update(Config(other, **kwargs)._data)
+
+    def merge(self, other: dict[str, Any] | Config) -> Config:
+        """Return a new Config: this one's values overridden by ``other``'s."""
+        return Config({**self._data, **Config(other)._data})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a shallow copy of the settings as a plain dict."""
+        return dict(self._data)
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and other._data == self._data
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __repr__(self) -> str:
+        return f"Config({self._data!r})"
+
+
+# --------------------------------------------------------------------------- BaseNode
+
+class BaseNode:
+    """The three-phase unit of work: ``prep`` -> ``exec`` -> ``post`` -> action.
+
+    ``BaseNode(node_id=None, config=None)``: ``node_id`` (str) names the node in errors,
+    warnings and drawings (default: the class name); ``config`` is a :class:`Config` or dict.
+
+    Attributes: ``node_id``, ``params`` (dict set by the graph for each run),
+    ``successors`` (action -> node), ``config``, ``logger`` (a ``logging.Logger`` under
+    ``"kaygraph"``). Override ``prep``, ``exec`` and ``post``; optionally the hooks
+    ``before_prep``, ``after_exec`` and ``on_error``, and ``setup_resources`` /
+    ``cleanup_resources`` (called by ``with node:``).
+    """
+
+    _is_async = False
+
+    def __init__(self, node_id: str | None = None, config: Config | dict[str, Any] | None = None
+                 ) -> None:
+        if node_id is not None and not isinstance(node_id, str):
+            raise TypeError(f"node_id must be a str, got {node_id!r} ({type(node_id).__name__})")
+        self.node_id: str = node_id or type(self).__name__
+        self.params: dict[str, Any] = {}
+        self.successors: dict[str, BaseNode] = {}
+        self.config: Config = config if isinstance(config, Config) else Config(config)
+        self.logger = logging.getLogger(f"kaygraph.{type(self).__name__}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.node_id!r}>"
+
+    # -- wiring
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Set the params dict of this node. Raises TypeError when ``params`` is not a dict."""
+        if not isinstance(params, dict):
+            raise TypeError(f"set_params(params=...) needs a dict, got {params!r} "
+                            f"({type(params).__name__})")
+        self.params = params
+
+    def next(self, node: BaseNode, action: str = "default") -> BaseNode:
+        """Register ``node`` as the successor for ``action`` and return ``node``.
+
+        Re-registering an action warns (``UserWarning``) and replaces it. Raises TypeError
+        when ``node`` is not a BaseNode or ``action`` is not a str.
+        """
+        if not isinstance(node, BaseNode):
+            raise TypeError(f"next(node=...) needs a BaseNode, got {node!r} "
+                            f"({type(node).__name__}) for action {action!r} of {self!r}")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be a str, got {action!r} ({type(action).__name__})")
+        if action in self.successors:
+            warnings.warn(f"Overwriting successor for action '{action}' of node "
+                          f"'{self.node_id}'", UserWarning, stacklevel=2)
+        self.successors[action] = node
+        return node
+
+    def __rshift__(self, other: BaseNode) -> BaseNode:
+        """``a >> b`` registers ``b`` for the ``"default"`` action and returns ``b``."""
+        return self.next(other)
+
+    def __sub__(self, action: str) -> _Transition:
+        """``a - "x" >> b`` registers ``b`` for action ``"x"``. Raises TypeError for a non-str."""
+        if not isinstance(action, str):
+            raise TypeError(f"action must be a str, got {action!r} ({type(action).__name__})")
+        return _Transition(self, action)
+
+    # -- the three phases
+    def prep(self, shared: Shared) -> Any:
+        """Read what ``exec`` needs from the shared store. Default: None."""
+        return None
+
+    def exec(self, prep_res: Any) -> Any:
+        """Do the work on ``prep_res``; never touch the shared store. Default: None."""
+        return None
+
+    def post(self, shared: Shared, prep_res: Any, exec_res: Any) -> Action:
+        """Write results to the shared store and return the action. Default: None."""
+        return None
+
+    # -- hooks
+    def before_prep(self, shared: Shared) -> None:
+        """Hook called before ``prep`` on every run of the node. Default: nothing."""
+
+    def after_exec(self, shared: Shared, prep_res: Any, exec_res: Any) -> None:
+        """Hook called after ``exec`` (and its retries) succeeded, before ``post``."""
+
+    def on_error(self, shared: Shared, exc: Exception) -> bool:
+        """Hook called when any phase raises ``exc``; return True to suppress it.
+
+        A suppressed error ends the node with action None. Default: False (re-raise).
+        """
+        return False
+
+    def setup_resources(self) -> None:
+        """Open resources (clients, files) for the node; called by ``with node:``."""
+
+    def cleanup_resources(self) -> None:
+        """Close what ``setup_resources`` opened; called when the ``with`` block exits."""
+
+    def __enter__(self) -> BaseNode:
+        self.setup_resources()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup_resources()
+
+    # -- running
+    def _exec(self, prep_res: Any) -> Any:
+        return self.exec(prep_res)
+
+    def _run(self, shared: Shared) -> Action:
+        try:
+            self.before_prep(shared)
+            prep_res = self.prep(shared)
+            exec_res = self._exec(prep_res)
+            self.after_exec(shared, prep_res, exec_res)
+            return self.post(shared, prep_res, exec_res)
+        except Exception as exc:
+            if self.on_error(shared, exc):
+                return None
+            raise
+
+    def run(self, shared: Shared) -> Action:
+        """Run this node alone on ``shared`` and return its action, exactly as ``post`` did.
+
+        Warns (``UserWarning``) when the node has successors: it does not run them; use a
+        Graph. Raises what the node raises; RuntimeError for an async node.
+        """
+        if self.successors:
+            warnings.warn(f"Node '{self.node_id}' won't run its successors "
+                          f"{list(self.successors)}; use a Graph", UserWarning, stacklevel=2)
+        return self._run(shared)
+
+
+class _Transition:
+    """The ``node - "action"`` half of ``node - "action" >> other``."""
+
+    __slots__ = ("src", "action")
+
+    def __init__(self, src: BaseNode, action: str) -> None:
+        self.src, self.action = src, action
+
+    def __rshift__(self, other: BaseNode) -> BaseNode:
+        return self.src.next(other, self.action)
+
+
+# --------------------------------------------------------------------------- Node
+
+class Node(BaseNode):
+    """A node whose ``exec`` is retried: the retry loop that every node type shares.
+
+    ``Node(max_retries=1, wait=0, node_id=None, config=None, *, backoff=1.0, max_wait=None,
+    jitter=0.0, retry_on=Exception)``:
+
+    - ``max_retries`` (int >= 1): attempts in all, the first included.
+    - ``wait`` (seconds >= 0): the wait before the second attempt; before attempt k+1 it is
+      ``min(wait * backoff**(k-1), max_wait)`` plus a uniform random ``[0, jitter]`` seconds.
+    - ``retry_on``: an exception class, a tuple of them, or a predicate ``exc -> bool``. An
+      error it does not accept skips the remaining attempts.
+    - ``timeout`` (seconds, async nodes only; see :class:`AsyncNode`).
+
+    When every attempt failed, ``exec_fallback(prep_res, exc)`` decides: its return value
+    is the result; by default it re-raises ``exc``. ``cur_retry`` is the 0-based attempt
+    while ``exec`` runs; each batch item has its own. Sync nodes wait with ``time.sleep``.
+    Raises TypeError/ValueError naming the argument for a bad argument, and TypeError for
+    ``timeout`` on a sync node (it could not be cancelled in-process).
+    """
+
+    # Class-level defaults keep instances small, so the per-step copy stays cheap.
+    cur_retry = 0
+    timeout: float | None = None
+
+    def __init__(self, max_retries: int = 1, wait: float = 0, node_id: str | None = None,
+                 config: Config | dict[str, Any] | None = None, *, backoff: float = 1.0,
+                 max_wait: float | None = None, jitter: float = 0.0,
+                 retry_on: type[BaseException] | tuple[type[BaseException], ...]
+                 | Callable[[BaseException], bool] = Exception,
+                 timeout: float | None = None) -> None:
+        super().__init__(node_id=node_id, config=config)
+        _check_int("max_retries", max_retries, 1)
+        _check_seconds("wait", wait)
+        _check_seconds("max_wait", max_wait, optional=True)
+        _check_seconds("jitter", jitter)
+        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff <= 0:
+            raise ValueError(f"backoff must be a number > 0, got {backoff!r}")
+        if not (callable(retry_on) or isinstance(retry_on, tuple)):
+            raise TypeError(f"retry_on must be an exception class, a tuple of them or a "
+                            f"predicate, got {retry_on!r}")
+        if timeout is not None:
+            if not self._is_async:
+                raise TypeError(f"timeout={timeout!r} needs an AsyncNode: a sync exec cannot be "
+                                f"cancelled in-process (node {self.node_id!r})")
+            _check_seconds("timeout", timeout, positive=True)
+            self.timeout = timeout
+        self.max_retries, self.wait, self.backoff = max_retries, wait, backoff
+        self.max_wait, self.jitter, self.retry_on = max_wait, jitter, retry_on
+
+    def exec_fallback(self, prep_res: Any, exc: Exception) -> Any:
+        """Called with the last error when every attempt failed. Default: re-raise ``exc``."""
+        raise exc
+
+    def _retry_delay(self, exc: Exception) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up on this error."""
+        k, on = self.cur_retry, self.retry_on
+        accepted = isinstance(exc, on) if isinstance(on, (type, tuple)) else on(exc)
+        if not accepted or k + 1 >= self.max_retries:
+            _note(exc, f"kaygraph: node {self.node_id!r} exec failed on attempt "
+                       f"{k + 1} of {self.max_retries}")
+            return None
+        delay = self.wait * self.backoff ** k
+        if self.max_wait is not None:
+            delay = min(delay, self.max_wait)
+        if self.jitter:
+            delay += random.uniform(0, self.jitter)
+        self.logger.info("node %r attempt %d of %d failed (%r); retrying in %.3f s",
+                         self.node_id, k + 1, self.max_retries, exc, delay)
+        return delay
+
+    def _retry(self, item: Any) -> Any:
+        self.cur_retry = 0
+        while True:
+            try:
+                return self.exec(item)
+            except Exception as exc:
+                delay = self._retry_delay(exc)
+                if delay is None:
+                    return self.exec_fallback(item, exc)
+                if delay:
+                    time.sleep(delay)
+            self.cur_retry += 1
+
+    def _exec(self, prep_res: Any) -> Any:
+        return self._retry(prep_res)
+
+
+# --------------------------------------------------------------------------- batch nodes
+
+class BatchNode(Node):
+    """A node whose ``prep`` returns an iterable of items; ``exec(item)`` runs per item.
+
+    ``prep`` may return a list, a generator or None (no items). Each item gets its own
+    retries; ``post`` receives the list of results in input order. Items run one after
+    another in the calling thread.
+    """
+
+    def _exec(self, items: Iterable[Any] | None) -> list[Any]:
+        return [self._retry(item) for item in (() if items is None else items)]
+
+
+class ParallelBatchNode(BatchNode):
+    """A batch node whose items run on an executor (a thread pool by default).
+
+    ``ParallelBatchNode(max_workers=None, *args, executor=None, **kwargs)``: ``max_workers``
+    (int >= 1, None: the thread pool's default) sizes the pool created for each run;
+    ``executor`` is any ``concurrent.futures.Executor`` (a process pool, a Dask or Ray
+    executor), used as given and never shut down by the node. At most 2 x workers items
+    are submitted ahead of the workers, so a generator of millions of items is never
+    materialised. Results come back in input order. Each item runs on its own shallow copy
+    of the node (own ``cur_retry``). The first item that still fails after its retries and
+    fallback cancels the items not yet started and its exception propagates; no item is left
+    running. What is shipped for an item is this node without its successors, plus the item.
+    Raises TypeError naming the node when a process pool cannot pickle it.
+    """
+
+    def __init__(self, max_workers: int | None = None, *args: Any,
+                 executor: cf.Executor | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_int("max_workers", max_workers, 1, optional=True)
+        if executor is not None and not isinstance(executor, cf.Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, got {executor!r}")
+        self.max_workers, self.executor = max_workers, executor
+
+    def _exec(self, items: Iterable[Any] | None) -> list[Any]:
+        items = () if items is None else items
+        shipped = _fresh(self)
+        shipped.successors = {}  # never ship the rest of the graph to a worker
+        if self.executor is not None:
+            if isinstance(self.executor, cf.ProcessPoolExecutor):
+                try:
+                    pickle.dumps(shipped)
+                except Exception as exc:
+                    raise TypeError(
+                        f"node {self.node_id!r} cannot be pickled for "
+                        f"{type(self.executor).__name__} ({exc}); keep only picklable "
+                        f"attributes (no lambdas, locks or open clients) or use threads") from exc
+            workers = self.max_workers or getattr(self.executor, "_max_workers", None)
+            return _map_threads(_run_item, shipped, items, self.executor,
+                                2 * (workers or os.cpu_count() or 1))
+        pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="kaygraph")
+        try:
+            return _map_threads(_run_item, shipped, items, pool, 2 * pool._max_workers)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- async nodes
+
+class AsyncNode(Node):
+    """A node with async phases, run by ``await node.run_async(shared)`` or an AsyncGraph.
+
+    Override ``exec_async`` (and, if needed, ``prep_async`` / ``post_async``, whose
+    defaults call the sync ``prep`` / ``post``). Takes Node's arguments plus ``timeout``
+    (seconds > 0 or None): each attempt of ``exec_async`` is cancelled after ``timeout``
+    seconds and counts as a failed attempt raising the built-in ``TimeoutError`` (retried
+    when ``retry_on`` accepts it). Waits between attempts use ``asyncio.sleep``.
+    ``async with node:`` calls ``setup_resources_async`` / ``cleanup_resources_async``.
+    A sync ``run`` raises RuntimeError naming the node.
+    """
+
+    _is_async = True
+
+    async def prep_async(self, shared: Shared) -> Any:
+        """Async ``prep``. Default: calls ``prep``."""
+        return self.prep(shared)
+
+    async def exec_async(self, prep_res: Any) -> Any:
+        """Async ``exec``. Default: calls ``exec``."""
+        return self.exec(prep_res)
+
+    async def exec_fallback_async(self, prep_res: Any, exc: Exception) -> Any:
+        """Async ``exec_fallback``. Default: calls ``exec_fallback`` (which re-raises)."""
+        return self.exec_fallback(prep_res, exc)
+
+    async def post_async(self, shared: Shared, prep_res: Any, exec_res: Any) -> Action:
+        """Async ``post``. Default: calls ``post``."""
+        return self.post(shared, prep_res, exec_res)
+
+    async def setup_resources_async(self) -> None:
+        """Open async resources (e.g. an HTTP session). Default: calls ``setup_resources``."""
+        self.setup_resources()
+
+    async def cleanup_resources_async(self) -> None:
+        """Close async resources. Default: calls ``cleanup_resources``."""
+        self.cleanup_resources()
+
+    async def __aenter__(self) -> AsyncNode:
+        await self.setup_resources_async()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cleanup_resources_async()
+
+    async def _attempt(self, item: Any) -> Any:
+        if self.timeout is None:
+            return await self.exec_async(item)
+        try:
+            return await asyncio.wait_for(self.exec_async(item), self.timeout)
+        except asyncio.TimeoutError as exc:  # a different class from TimeoutError on 3.10
+            raise TimeoutError(f"node {self.node_id!r} attempt {self.cur_retry + 1} timed out "
+                               f"after {self.timeout} s") from exc
+
+    async def _retry_async(self, item: Any) -> Any:
+        # The async twin of Node._retry: same policy (_retry_delay), awaited.
+        self.cur_retry = 0
+        while True:
+            try:
+                return await self._attempt(item)
+            except Exception as exc:
+                delay = self._retry_delay(exc)
+                if delay is None:
+                    return await self.exec_fallback_async(item, exc)
+                if delay:
+                    await asyncio.sleep(delay)
+            self.cur_retry += 1
+
+    async def _exec_async(self, prep_res: Any) -> Any:
+        return await self._retry_async(prep_res)
+
+    async def _run_async(self, shared: Shared) -> Action:
+        # The async twin of BaseNode._run.
+        try:
+            self.before_prep(shared)
+            prep_res = await self.prep_async(shared)
+            exec_res = await self._exec_async(prep_res)
+            self.after_exec(shared, prep_res, exec_res)
+            return await self.post_async(shared, prep_res, exec_res)
+        except Exception as exc:
+            if self.on_error(shared, exc):
+                return None
+            raise
+
+    def _run(self, shared: Shared) -> Action:
+        raise RuntimeError(f"{type(self).__name__} {self.node_id!r} is async: run it with "
+                           f"'await node.run_async(shared)' or inside an AsyncGraph")
+
+    async def run_async(self, shared: Shared) -> Action:
+        """Run this node alone and return its action. Warns when it has successors."""
+        if self.successors:
+            warnings.warn(f"Node '{self.node_id}' won't run its successors "
+                          f"{list(self.successors)}; use an AsyncGraph", UserWarning,
+                          stacklevel=2)
+        return await self._run_async(shared)
+
+
+class AsyncBatchNode(AsyncNode, BatchNode):
+    """An async batch node: ``exec_async(item)`` per item, one after another, awaited."""
+
+    async def _exec_async(self, items: Iterable[Any] | None) -> list[Any]:
+        return [await self._retry_async(item) for item in (() if items is None else items)]
+
+
+class AsyncParallelBatchNode(AsyncNode, BatchNode):
+    """An async batch node whose items run concurrently on the event loop.
+
+    ``AsyncParallelBatchNode(*args, max_concurrency=None, **kwargs)``: never more than
+    ``max_concurrency`` (int >= 1; None: no limit) items in flight; a bounded run pulls
+    items from ``prep``'s iterable as slots free up. Results in input order; each item has
+    its own ``cur_retry`` and timeout. The first item that still fails after its retries
+    and fallback cancels every unfinished item and its exception propagates.
+    """
+
+    def __init__(self, *args: Any, max_concurrency: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_int("max_concurrency", max_concurrency, 1, optional=True)
+        self.max_concurrency = max_concurrency
+
+    async def _exec_async(self, items: Iterable[Any] | None) -> list[Any]:
+        return await _map_tasks(lambda item: _fresh(self)._retry_async(item), items,
+                                self.max_concurrency)
+
+
+# --------------------------------------------------------------------------- metrics, validation
+
+_METRICS_WINDOW = 10_000  # executions kept for the percentiles
+
+
+class MetricsNode(Node):
+    """A node that times every execution of ``exec`` (per item, retries included).
+
+    ``MetricsNode(collect_metrics=True, *args, **kwargs)``; mix it in first to measure
+    batch, parallel or async nodes, e.g. ``class N(MetricsNode, AsyncParallelBatchNode)``.
+    ``metrics`` is a dict shared by the node and the per-step copies a graph runs. Counts
+    are exact under threads and tasks; percentiles use the last 10,000 executions. Items
+    run in other processes are not counted.
+    """
+
+    def __init__(self, collect_metrics: bool = True, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.collect_metrics = collect_metrics
+        self.metrics: dict[str, Any] = {
+            "executions": 0, "successes": 0, "retries": 0, "total_time": 0.0,
+            "min_time": float("inf"), "max_time": 0.0, "times": deque(maxlen=_METRICS_WINDOW),
+        }
+
+    def _record(self, seconds: float, ok: bool) -> None:
+        with _metrics_lock:
+            m = self.metrics
+            m["executions"] += 1
+            m["successes"] += ok
+            m["retries"] += self.cur_retry
+            m["total_time"] += seconds
+            m["min_time"] = min(m["min_time"], seconds)
+            m["max_time"] = max(m["max_time"], seconds)
+            m["times"].append(seconds)
+
+    def _retry(self, item: Any) -> Any:
+        if not self.collect_metrics:
+            return super()._retry(item)
+        start, ok = time.perf_counter(), False
+        try:
+            result = super()._retry(item)
+            ok = True
+            return result
+        finally:
+            self._record(time.perf_counter() - start, ok)
+
+    async def _retry_async(self, item: Any) -> Any:
+        # The async twin of _retry; super() is the AsyncNode this class is mixed into.
+        if not self.collect_metrics:
+            return await super()._retry_async(item)  # type: ignore[misc]
+        start, ok = time.perf_counter(), False
+        try:
+            result = await super()._retry_async(item)  # type: ignore[misc]
+            ok = True
+            return result
+        finally:
+            self._record(time.perf_counter() - start, ok)
+
+    def get_stats(self) -> dict[str, Any]:
+        """Return the statistics (times in seconds), or ``{"status": "no_executions"}``.
+
+        Keys, as in KayGraph: ``total_executions``, ``success_rate`` (0..1),
+        ``avg_execution_time``, ``min_execution_time``, ``max_execution_time``,
+        ``total_retries``; plus ``p50_execution_time`` and ``p95_execution_time``
+        (nearest rank).
+        """
+        with _metrics_lock:
+            m = dict(self.metrics)
+            times = sorted(m["times"])
+        n = m["executions"]
+        if not n:
+            return {"status": "no_executions"}
+
+        def rank(q: float) -> float:
+            return float(times[max(0, -int(-q * len(times) // 1) - 1)])
+
+        return {
+            "total_executions": n, "success_rate": m["successes"] / n,
+            "avg_execution_time": m["total_time"] / n, "min_execution_time": m["min_time"],
+            "max_execution_time": m["max_time"], "total_retries": m["retries"],
+            "p50_execution_time": rank(0.50), "p95_execution_time": rank(0.95),
+        }
+
+
+_metrics_lock = threading.Lock()  # one lock for all nodes: a lock attribute would not pickle
+
+
+class ValidatedNode(Node):
+    """A node that checks its input and output around ``exec`` (and its retries).
+
+    ``validate_input(prep_res)`` and ``validate_output(exec_res)`` return the (possibly
+    converted) value or raise, typically ValueError; a validation error is not retried.
+    Works mixed into async nodes too.
+    """
+
+    def validate_input(self, prep_res: Any) -> Any:
+        """Check ``prep_res`` before ``exec``; return it (or a converted value). Default: as is."""
+        return prep_res
+
+    def validate_output(self, exec_res: Any) -> Any:
+        """Check ``exec_res`` after ``exec``; return it (or a converted value). Default: as is."""
+        return exec_res
+
+    def _exec(self, prep_res: Any) -> Any:
+        return self.validate_output(super()._exec(self.validate_input(prep_res)))
+
+    async def _exec_async(self, prep_res: Any) -> Any:
+        inner = super()._exec_async(self.validate_input(prep_res))  # type: ignore[misc]
+        return self.validate_output(await inner)
+
+
+# --------------------------------------------------------------------------- graphs
+
+class Step(NamedTuple):
+    """What ``Graph.stream`` yields after each top-level step.
+
+    ``node``: the per-step copy of the node that ran (its ``params`` as used);
+    ``action``: what its ``post`` returned (None stays None); ``seconds``: the step's wall
+    time (float, seconds).
+    """
+
+    node: BaseNode
+    action: Action
+    seconds: float
+
+
+class Graph(BaseNode):
+    """A graph of nodes, itself a node: it walks from ``start`` along the actions.
+
+    ``Graph(start=None, config=None, *, max_steps=None, node_id=None)``. Each step runs a
+    shallow copy of the node with the run's params set on the copy, so per-run state never
+    leaks between runs (also concurrent ones). The walk ends at an action with no successor
+    (with a ``UserWarning`` if the node had other successors). ``run`` returns the last
+    action (the default ``post`` returns it), so an outer graph can route on it.
+    ``max_steps`` (int >= 1) bounds the top-level steps of one run: RuntimeError naming the
+    limit and the node about to run. ValueError when run with no start node.
+    """
+
+    def __init__(self, start: BaseNode | None = None,
+                 config: Config | dict[str, Any] | None = None, *,
+                 max_steps: int | None = None, node_id: str | None = None) -> None:
+        super().__init__(node_id=node_id, config=config)
+        _check_int("max_steps", max_steps, 1, optional=True)
+        if start is not None and not isinstance(start, BaseNode):
+            raise TypeError(f"start must be a BaseNode, got {start!r} ({type(start).__name__})")
+        self.start_node, self.max_steps = start, max_steps
+
+    def start(self, node: BaseNode) -> BaseNode:
+        """Set ``node`` as the start node and return it (so ``g.start(a) >> b`` chains)."""
+        if not isinstance(node, BaseNode):
+            raise TypeError(f"start(node=...) needs a BaseNode, got {node!r}")
+        self.start_node = node
+        return node
+
+    def get_next_node(self, curr: BaseNode, action: Action) -> BaseNode | None:
+        """Return the successor of ``curr`` for ``action`` (None: ``"default"``), or None.
+
+        Warns ``Graph ends: 'ACTION' not found in [...]`` when ``curr`` has other
+        successors. Raises TypeError naming the node when ``action`` is not a str or None.
+        """
+        if action is not None and not isinstance(action, str):
+            raise TypeError(f"node {curr.node_id!r} returned action {action!r} "
+                            f"({type(action).__name__}); an action must be a str or None")
+        nxt = curr.successors.get(action or "default")
+        if nxt is None and curr.successors:
+            warnings.warn(f"Graph ends: '{action}' not found in {list(curr.successors)}",
+                          UserWarning, stacklevel=3)
+        return nxt
+
+    def post(self, shared: Shared, prep_res: Any, exec_res: Any) -> Action:
+        """Return ``exec_res``, the last action of the walk, so outer graphs can route on it."""
+        return exec_res  # type: ignore[no-any-return]
+
+    # -- the orchestration loop (sync and async twins) and its per-step set-up
+    def _first(self) -> tuple[BaseNode, Config | None]:
+        if self.start_node is None:
+            raise ValueError(f"graph {self.node_id!r} has no start node: pass "
+                             f"Graph(start=node) or call graph.start(node)")
+        return self.start_node, (self.config or None)
+
+    def _step(self, curr: BaseNode, params: dict[str, Any], cfg: Config | None,
+              done: int) -> BaseNode:
+        if done == self.max_steps:
+            raise RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
+                               f"step {done + 1} would run node {curr.node_id!r}")
+        node: BaseNode = _fresh(curr)
+        node.params = params
+        if cfg is not None and not node.config:
+            node.config = cfg
+        return node
+
+    def _walk(self, shared: Shared, params: dict[str, Any]) -> Iterator[tuple[BaseNode, Action]]:
+        start, cfg = self._first()
+        curr: BaseNode | None = start
+        done, node = 0, start
+        try:
+            while curr is not None:
+                node = self._step(curr, params, cfg, done)
+                done += 1
+                action = node._run(shared)
+                yield node, action
+                curr = self.get_next_node(curr, action)
+        except Exception as exc:
+            _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
+            raise
+
+    async def _walk_async(self, shared: Shared, params: dict[str, Any]
+                          ) -> AsyncIterator[tuple[BaseNode, Action]]:
+        start, cfg = self._first()
+        curr: BaseNode | None = start
+        done, node = 0, start
+        try:
+            while curr is not None:
+                node = self._step(curr, params, cfg, done)
+                done += 1
+                if node._is_async:
+                    action = await node._run_async(shared)  # type: ignore[attr-defined]
+                else:
+                    action = node._run(shared)
+                yield node, action
+                curr = self.get_next_node(curr, action)
+        except Exception as exc:
+            _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
+            raise
+
+    def _orch(self, shared: Shared, params: dict[str, Any] | None = None) -> Action:
+        # deque(maxlen=1) drains the walk in C and keeps the last (node, action).
+        last = deque(self._walk(shared, {**self.params} if params is None else params), 1)
+        return last[0][1] if last else None
+
+    async def _orch_async(self, shared: Shared, params: dict[str, Any] | None = None) -> Action:
+        action = None
+        async for _node, action in self._walk_async(  # noqa: B007
+                shared, {**self.params} if params is None else params):
+            pass
+        return action
+
+    def _run(self, shared: Shared) -> Action:
+        prep_res = self.prep(shared)
+        return self.post(shared, prep_res, self._orch(shared))
+
+    def stream(self, shared: Shared) -> Generator[Step, None, Action]:
+        """Run the graph on ``shared``, yielding a :class:`Step` after each top-level step.
+
+        A nested graph is one step. Calls the graph's own ``prep`` first and ``post`` last;
+        the generator's return value (``StopIteration.value``) is what ``post`` returned.
+        Raises what ``run`` raises, at the step that raised.
+        """
+        prep_res = self.prep(shared)
+        action: Action = None
+        start = time.perf_counter()
+        for node, action in self._walk(shared, {**self.params}):
+            yield Step(node, action, time.perf_counter() - start)
+            start = time.perf_counter()
+        return self.post(shared, prep_res, action)
+
+    def to_mermaid(self) -> str:
+        """Return Mermaid flowchart text of the graph, the same in every process.
+
+        One box per node (``node_id (Class)``), one arrow per successor labelled with its
+        action (unlabelled for ``"default"``), nested graphs as subgraphs, loops drawn once.
+        """
+        ids: dict[int, str] = {}
+        lines, edges = ["flowchart TD"], []
+
+        def draw(graph: Graph, indent: str) -> None:
+            queue = deque([graph.start_node] if graph.start_node is not None else [])
+            while queue:
+                node = queue.popleft()
+                if id(node) in ids:
+                    continue
+                ids[id(node)] = name = f"n{len(ids)}"
+                label = f"{node.node_id} ({type(node).__name__})".replace('"', "#quot;")
+                if isinstance(node, Graph):
+                    lines.append(f'{indent}subgraph {name}["{label}"]')
+                    draw(node, indent + "    ")
+                    lines.append(f"{indent}end")
+                else:
+                    lines.append(f'{indent}{name}["{label}"]')
+                for action, succ in node.successors.items():
+                    edges.append((node, action, succ))
+                    queue.append(succ)
+
+        draw(self, "    ")
+        for src, action, dst in edges:
+            arrow = "-->" if action == "default" else f'-->|"{action}"|'
+            lines.append(f"    {ids[id(src)]} {arrow} {ids[id(dst)]}")
+        return "\n".join(lines) + "\n"
+
+
+class BatchGraph(Graph):
+    """A graph whose ``prep`` returns an iterable of params dicts (None: none).
+
+    The sub-graph runs once per dict, one after another, with params
+    ``{**graph.params, **item}``. ``post`` receives ``exec_res=None``.
+    """
+
+    def _run(self, shared: Shared) -> Action:
+        batch = self.prep(shared)
+        for params in () if batch is None else batch:
+            self._orch(shared, {**self.params, **params})
+        return self.post(shared, batch, None)
+
+
+class AsyncGraph(Graph, AsyncNode):
+    """A graph that runs async and sync nodes: ``await graph.run_async(shared)``.
+
+    Same arguments and behaviour as :class:`Graph`; sync nodes run inline on the event
+    loop. ``stream_async`` is the async twin of ``stream``.
+    """
+
+    _run = AsyncNode._run  # a sync run of an async graph is an error
+
+    async def _run_async(self, shared: Shared) -> Action:
+        prep_res = await self.prep_async(shared)
+        return await self.post_async(shared, prep_res, await self._orch_async(shared))
+
+    async def stream_async(self, shared: Shared) -> AsyncIterator[Step]:
+        """Run the graph, yielding a :class:`Step` after each top-level step.
+
+        The async twin of :meth:`Graph.stream` (async generators cannot return a value:
+        ``post_async`` is called at the end and its action is dropped).
+        """
+        prep_res = await self.prep_async(shared)
+        action: Action = None
+        start = time.perf_counter()
+        async for node, action in self._walk_async(shared, {**self.params}):
+            yield Step(node, action, time.perf_counter() - start)
+            start = time.perf_counter()
+        await self.post_async(shared, prep_res, action)
+
+
+class AsyncBatchGraph(AsyncGraph, BatchGraph):
+    """An async batch graph: the sub-graph runs once per params dict, one after another."""
+
+    async def _run_async(self, shared: Shared) -> Action:
+        batch = await self.prep_async(shared)
+        for params in () if batch is None else batch:
+            await self._orch_async(shared, {**self.params, **params})
+        return await self.post_async(shared, batch, None)
+
+
+class AsyncParallelBatchGraph(AsyncGraph, BatchGraph):
+    """An async batch graph whose sub-graph runs concurrently, once per params dict.
+
+    ``AsyncParallelBatchGraph(*args, max_concurrency=None, **kwargs)``: never more than
+    ``max_concurrency`` (int >= 1; None: no limit) runs in flight. The first run that
+    fails cancels the unfinished ones and its exception propagates.
+    """
+
+    def __init__(self, *args: Any, max_concurrency: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_int("max_concurrency", max_concurrency, 1, optional=True)
+        self.max_concurrency = max_concurrency
+
+    async def _run_async(self, shared: Shared) -> Action:
+        batch = await self.prep_async(shared)
+        await _map_tasks(lambda params: self._orch_async(shared, {**self.params, **params}),
+                         batch, self.max_concurrency)
+        return await self.post_async(shared, batch, None)
+
+
+# --------------------------------------------------------------------------- aliases
+
+# PocketFlow's names, so its code runs by changing the import.
+Flow = Graph
+AsyncFlow = AsyncGraph
+BatchFlow = BatchGraph
+AsyncBatchFlow = AsyncBatchGraph
+AsyncParallelBatchFlow = AsyncParallelBatchGraph
