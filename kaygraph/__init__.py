@@ -227,6 +227,13 @@ class BaseNode:
     """
 
     _is_async = False
+    _hooked = False  # True when a class overrides before_prep or after_exec
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Skipping the two no-op hook calls saves a measurable part of each graph step.
+        cls._hooked = (cls.before_prep is not BaseNode.before_prep
+                       or cls.after_exec is not BaseNode.after_exec)
 
     def __init__(self, node_id: str | None = None, config: Config | dict[str, Any] | None = None
                  ) -> None:
@@ -322,10 +329,12 @@ class BaseNode:
 
     def _run(self, shared: Shared) -> Action:
         try:
-            self.before_prep(shared)
+            if self._hooked:
+                self.before_prep(shared)
             prep_res = self.prep(shared)
             exec_res = self._exec(prep_res)
-            self.after_exec(shared, prep_res, exec_res)
+            if self._hooked:
+                self.after_exec(shared, prep_res, exec_res)
             return self.post(shared, prep_res, exec_res)
         except Exception as exc:
             if self.on_error(shared, exc):
@@ -486,6 +495,7 @@ class ParallelBatchNode(BatchNode):
         items = () if items is None else items
         shipped = _fresh(self)
         shipped.successors = {}  # never ship the rest of the graph to a worker
+        shipped.executor = None  # nor the executor itself (a process pool cannot be pickled)
         if self.executor is not None:
             if isinstance(self.executor, cf.ProcessPoolExecutor):
                 try:
@@ -581,10 +591,12 @@ class AsyncNode(Node):
     async def _run_async(self, shared: Shared) -> Action:
         # The async twin of BaseNode._run.
         try:
-            self.before_prep(shared)
+            if self._hooked:
+                self.before_prep(shared)
             prep_res = await self.prep_async(shared)
             exec_res = await self._exec_async(prep_res)
-            self.after_exec(shared, prep_res, exec_res)
+            if self._hooked:
+                self.after_exec(shared, prep_res, exec_res)
             return await self.post_async(shared, prep_res, exec_res)
         except Exception as exc:
             if self.on_error(shared, exc):
@@ -815,7 +827,8 @@ class Graph(BaseNode):
         if done == self.max_steps:
             raise RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
                                f"step {done + 1} would run node {curr.node_id!r}")
-        node: BaseNode = _fresh(curr)
+        node: BaseNode = object.__new__(curr.__class__)  # _fresh, inlined: the hot path
+        node.__dict__.update(curr.__dict__)
         node.params = params
         if cfg is not None and not node.config:
             node.config = cfg
