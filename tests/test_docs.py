@@ -7,6 +7,8 @@ Conventions for every ```python block in docs/*.md and README.md:
   lines must appear in that order. A comment starting with "e.g." is an illustration, not checked.
 - Blocks run with UserWarning as an error: a graph that warns (an action with no successor)
   is a bug in the example.
+- `<!-- output -->` on the line just before a ```text fence that directly follows a python
+  block: every non-blank line of it is promised output of that block, in order.
 - `<!-- not-run: REASON -->` on the line just before the fence: the block is only compiled,
   never run. The reason is required.
 - `<!-- requires: MODULE -->` on the line just before the fence: the block runs on its own, in a
@@ -22,7 +24,7 @@ import re
 import subprocess
 import sys
 import tokenize
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 PYTHON_LANGS = {"python", "py", "python3"}
-MARKER = re.compile(r"^<!--\s*(not-run|requires)\b\s*:?(.*?)-->\s*$")
+MARKER = re.compile(r"^<!--\s*(not-run|requires|output)\b\s*:?(.*?)-->\s*$")
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)")
 
 
@@ -42,8 +44,9 @@ class Block:
     line: int  # 1-based line of the opening fence
     lang: str
     code: str
-    marker: str = ""  # "", "not-run" or "requires"
+    marker: str = ""  # "", "not-run", "requires" or "output"
     arg: str = ""  # the reason, or the module
+    output: list[str] = field(default_factory=list)  # lines of a following output block
 
 
 def parse(text: str, path: str) -> tuple[list[Block], list[str]]:
@@ -69,7 +72,16 @@ def parse(text: str, path: str) -> tuple[list[Block], list[str]]:
         i += 1  # the closing fence
         block = Block(path, start + 1, lang, "\n".join(body) + "\n")
         above = MARKER.match(lines[start - 1].strip()) if start else None
-        if above:
+        if above and above.group(1) == "output":
+            block.marker = "output"
+            prev = blocks[-1] if blocks else None
+            if prev is None or prev.lang not in PYTHON_LANGS or prev.marker:
+                problems.append(f"{path}:{start}: `output` block not after a runnable python block")
+            elif lang in PYTHON_LANGS:
+                problems.append(f"{path}:{start}: an `output` block must not be ```python")
+            else:
+                prev.output = [line.strip() for line in body if line.strip()]
+        elif above:
             block.marker, block.arg = above.group(1), above.group(2).strip()
             if not block.arg:
                 what = "a reason" if block.marker == "not-run" else "a module name"
@@ -87,7 +99,8 @@ def python_blocks(page: Path) -> list[Block]:
 
 
 def promised_output(block: Block) -> list[str]:
-    """The TEXT of each top-level one-line `print(...)  # TEXT` in the block, in order."""
+    """The TEXT of each top-level one-line `print(...)  # TEXT` in the block, in order, then
+    the lines of the `output` block that follows it."""
     out = []
     for line in block.code.splitlines():
         if not line.startswith("print("):
@@ -99,7 +112,7 @@ def promised_output(block: Block) -> list[str]:
         comments = [t.string[1:].strip() for t in tokens if t.type == tokenize.COMMENT]
         if comments and not comments[0].startswith("e.g."):
             out.append(comments[0])
-    return out
+    return out + block.output
 
 
 RUNNER = r"""
@@ -196,15 +209,29 @@ def test_parse_rejects_bad_markers() -> None:
             "```python",
             "y = 2",
             "```",
+            "<!-- output -->",
+            "```text",
+            "```",
+            "```python",
+            "print(3)",
+            "```",
+            "<!-- output -->",
+            "```text",
+            "  3",
+            "",
+            "```",
         ]
     )
     blocks, problems = parse(text, "x.md")
-    assert [b.marker for b in blocks] == ["not-run", "not-run", "", "not-run"]
+    markers = [b.marker for b in blocks]
+    assert markers == ["not-run", "not-run", "", "not-run", "output", "", "output"]
     assert blocks[3].arg == "fine" and blocks[3].code == "y = 2\n"
+    assert blocks[5].output == ["3"] and promised_output(blocks[5]) == ["3"]
     assert problems == [
         "x.md:1: `not-run` marker without a reason",
         "x.md:5: `not-run` marker without a reason",
         "x.md:8: marker not on the line just before a fence",
+        "x.md:16: `output` block not after a runnable python block",
     ]
 
 
