@@ -90,7 +90,8 @@ def make_tree(top: Path) -> int:
     (top / "pkg" / "latin.py").write_bytes(
         b"# -*- coding: latin-1 -*-\nname = '\xe9t\xe9'\n\ndef f():\n    return name\n"
     )
-    (top / "bad_utf8.py").write_bytes(b"name = '\xff\xfe'\n")
+    (top / "bad_utf8.py").write_bytes(b"name = '\xff\xfe'\n")  # caught on the first line
+    (top / "late_bad_utf8.py").write_bytes(b"a = 1\nb = 2\nc = '\xff'\n")  # while streaming
     (top / "broken.py").write_text("def f(:\n    pass\n")
     (top / "big.py").write_text(BIG)
     (top / "dangling.py").symlink_to(top / "no_such_file.py")  # unreadable even for root
@@ -126,8 +127,8 @@ def test_small_tree_counts_are_exact_and_bad_files_are_counted_skips(small_runs)
     s = summary(first)
     unreadable = 1 + locked
     assert s["files"] == (
-        f"4 analysed (3 parsed, 1 streamed over {MAX_BYTES:,} bytes), {3 + locked} skipped "
-        f"(encoding 1, syntax 1, unreadable {unreadable})"
+        f"4 analysed (3 parsed, 1 streamed over {MAX_BYTES:,} bytes), {4 + locked} skipped "
+        f"(encoding 2, syntax 1, unreadable {unreadable})"
     )
     lines = len(SHAPES.splitlines()) + 5 + len(BIG.splitlines())
     blank = sum(not x.strip() for x in SHAPES.splitlines() + BIG.splitlines()) + 1
@@ -135,11 +136,11 @@ def test_small_tree_counts_are_exact_and_bad_files_are_counted_skips(small_runs)
     assert s["lines"] == f"{lines:,} ({blank:,} blank, 3 comments)"
     # 6 + 1 + 200 functions, 2 + 1 classes; docstrings on 2 of the 9 defs of parsed files.
     assert s["defs"] == "207 functions, 3 classes, docstrings on 22.2%"
-    assert s["cache"] == "0 hits, 6 misses"
-    # The page loop shows in the progress: 5 files to parse (the bad ones too) in pages of 2,
+    assert s["cache"] == "0 hits, 7 misses"
+    # The page loop shows in the progress: 6 files to parse (the bad ones too) in pages of 2,
     # then the big one.
-    assert "analyse: page 3, 5/6 files" in first.stderr
-    assert "stream_big: page 4, 6/6 files" in first.stderr
+    assert "analyse: page 3, 6/7 files" in first.stderr
+    assert "stream_big: page 4, 7/7 files" in first.stderr
 
 
 def test_small_tree_pages_and_report(small_runs) -> None:
@@ -165,17 +166,19 @@ def test_small_tree_pages_and_report(small_runs) -> None:
     assert "| 1 | longest | pkg/shapes.py:30 | 6 |\n| 2 | f | pkg/latin.py:4 | 2 |\n" in longest
     assert "| 1 | big.py | 200 | 1 |" in report  # most functions and classes
     assert "| broken.py | syntax |" in report and "| bad_utf8.py | encoding |" in report
+    assert "| late_bad_utf8.py | encoding | not valid utf-8: line 3 |" in report
     assert "| dangling.py | unreadable |" in report
     assert re.search(r"Slowest node: \*\*\w+\*\*", report)
     skipped = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
     assert sorted(s["path"] for s in skipped) == sorted(
-        ["bad_utf8.py", "broken.py", "dangling.py"] + (["locked.py"] * small_runs[3]))
+        ["bad_utf8.py", "broken.py", "dangling.py", "late_bad_utf8.py"]
+        + ["locked.py"] * small_runs[3])
 
 
 def test_second_run_is_all_cache_hits(small_runs) -> None:
     first, second, _, _ = small_runs
     # Every readable file hits, the bad ones too (a skip is cached like facts).
-    assert summary(second)["cache"] == "6 hits, 0 misses"
+    assert summary(second)["cache"] == "7 hits, 0 misses"
     for key in ("files", "lines", "defs"):
         assert summary(second)[key] == summary(first)[key]
 
