@@ -117,6 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if not Path(args.root).is_dir():
+        parser.error(f"--root is not a directory: {args.root!r}")
 
     sizes = {}
     with tempfile.TemporaryDirectory(prefix="kaygraph-references-") as out_dir:
