@@ -27,6 +27,7 @@ from typing import Any
 
 # Roles: ratios in a case are taken against the row whose role is "floor" or "pocketflow".
 FLOOR, KAYGRAPH, POCKETFLOW, LANGGRAPH = "floor", "kaygraph", "pocketflow", "langgraph"
+ROLES = (FLOOR, KAYGRAPH, POCKETFLOW, LANGGRAPH)
 
 
 @dataclass
@@ -74,10 +75,10 @@ def _check(contender: Contender, result: Any) -> None:
         )
 
 
-def _time_sync(job: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+def _time_sync(job: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, Any]:
+    start = clock()
     result = job()
-    return time.perf_counter() - start, result
+    return clock() - start, result
 
 
 async def _time_async(job: Callable[[], Any]) -> tuple[float, Any]:
@@ -87,13 +88,20 @@ async def _time_async(job: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def run_once(
-    contender: Contender, loop: asyncio.AbstractEventLoop | None = None
+    contender: Contender,
+    loop: asyncio.AbstractEventLoop | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, Any]:
-    """Build and run one job: returns (seconds, result); the build is not timed."""
+    """Build and run one job: returns (seconds, result); the build is not timed.
+
+    `clock` times sync jobs: wall time by default, `time.process_time` to count only this
+    process's CPU time (steadier on a shared machine; only right for single-threaded jobs).
+    Async jobs are always timed by the wall clock.
+    """
     job = contender.make()  # type: ignore[misc]
     gc.collect()
     if loop is None:
-        seconds, result = _time_sync(job)
+        seconds, result = _time_sync(job, clock)
     else:
         seconds, result = loop.run_until_complete(_time_async(job))
     _check(contender, result)
@@ -114,7 +122,7 @@ def peak_memory(
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
         if loop is None:
-            seconds, result = _time_sync(job)
+            seconds, result = _time_sync(job, time.perf_counter)
         else:
             seconds, result = loop.run_until_complete(_time_async(job))
         peak = tracemalloc.get_traced_memory()[1] - base
@@ -129,6 +137,7 @@ def interleave(
     rounds: int,
     warmup: int = 0,
     loop: asyncio.AbstractEventLoop | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Run every runnable contender once per round, rotating the order each round.
 
@@ -145,7 +154,7 @@ def interleave(
             if c.label in errors:
                 continue
             try:
-                seconds, _ = run_once(c, loop)
+                seconds, _ = run_once(c, loop, clock)
             except Exception as exc:  # reported in the table, and run.py exits non-zero
                 errors[c.label] = f"{exc.__class__.__name__}: {exc}"
                 continue
@@ -163,6 +172,8 @@ def ratios(rows: list[Row]) -> None:
         refs = {r.role: r.value for r in case_rows if r.status == "ok" and r.value}
         for row in case_rows:
             if row.status != "ok" or row.value is None:
+                continue
+            if row.role not in ROLES:  # a reference row of another size: no ratio
                 continue
             if FLOOR in refs and row.role != FLOOR:
                 row.vs_floor = row.value / refs[FLOOR]

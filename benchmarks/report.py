@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+NOTES = Path(__file__).with_name("notes.md")  # the prose rendered after the tables
 START_MARKER = "<!-- benchmark-table:start -->"
 END_MARKER = "<!-- benchmark-table:end -->"
 HEADERS = ("framework", "median", "x floor", "x PocketFlow", "notes")
@@ -64,7 +65,8 @@ def _machine_line(meta: dict[str, Any]) -> str:
     load = meta.get("load_average_at_start")
     load_text = f", load average at start {load[0]:.2f}" if load else ""
     commit = f" (kaygraph at {meta['kaygraph_commit']})" if meta.get("kaygraph_commit") else ""
-    return (f"{meta['date_utc']}, {meta['mode']} run{commit}: {meta['cores']} cores, "
+    clock = " (CPU-time clock for step, batch, scaling)" if meta.get("clock") == "cpu" else ""
+    return (f"{meta['date_utc']}, {meta['mode']} run{clock}{commit}: {meta['cores']} cores, "
             f"{meta['cpu']}, {meta['python']}{load_text}; peers: {peers}")
 
 
@@ -99,24 +101,30 @@ def _md_row(cells: tuple[str, ...]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The whole run as Markdown: machine line, one table per workload, the targets."""
-    out = [f"Measured {_machine_line(results['meta'])}.", ""]
+    """The whole run as Markdown: machine line, one table per workload, targets, notes.md."""
+    meta = results["meta"]
+    out = [f"Measured {_machine_line(meta)}.", ""]
+    load, cores = meta.get("load_average_at_start"), meta.get("cores") or 1
+    if load and load[0] > cores / 2:
+        out += [f"**Noisy run:** the machine was busy (load average {load[0]:.1f} on {cores} "
+                "cores), so the timings vary a lot between rounds; see the ranges.", ""]
     out.append("Reproduce with `python benchmarks/run.py --json /tmp/bench.json "
                "--markdown-into docs/performance.md`.")
     out.append("")
     for wl in results["workloads"]:
-        out += [f"#### {wl['title']}", "", wl["measures"], ""]
+        out += [f"### {wl['title']}", "", wl["measures"], ""]
         out.append(_md_row(("case",) + HEADERS))
         out.append(_md_row(("---",) * (len(HEADERS) + 1)))
         for row in wl["rows"]:
             out.append(_md_row((row["case"],) + _cells(row)))
         out.append("")
-    out += ["#### Targets", ""]
+    out += ["### Targets", ""]
     out.append(_md_row(("target", "value", "bar", "verdict", "detail")))
     out.append(_md_row(("---",) * 5))
     for wl in results["workloads"]:
         for t in wl["targets"]:
             out.append(_md_row(_target_cells(t)))
+    out += ["", NOTES.read_text().strip()]
     return "\n".join(out)
 
 

@@ -35,6 +35,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run nothing: render the results saved in FILE by --json")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset of: step,batch,async,thread,stream,scaling")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time the single-threaded workloads (step, batch, scaling) by wall "
+                        "clock or by this process's CPU time (steadier on a busy machine); "
+                        "the fan-out workloads always use the wall clock")
     p.add_argument("--core", metavar="DIR", type=Path, default=REPO,
                    help="directory holding the kaygraph package to measure (default: this "
                         "checkout), e.g. a scratch copy with a change to try")
@@ -54,9 +58,10 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     pf = find_peer("pocketflow", "pocketflow")
     lg = find_peer("langgraph", "langgraph.graph")
     settings = QUICK if args.quick else FULL
-    env = Env(kg, pf, lg, settings)
+    env = Env(kg, pf, lg, settings, cpu_clock=args.clock == "cpu")
     meta = machine_info(args.core, kg.__file__, [pf, lg])
     meta["mode"] = "quick" if args.quick else "full"
+    meta["clock"] = args.clock
     meta["settings"] = dataclasses.asdict(settings)
     # Every framework warns once per run when the loop ends on an action with no successor.
     warnings.filterwarnings("ignore", message=r"(Graph|Flow) ends")
