@@ -75,7 +75,8 @@ def test_dask_with_pure_false_runs_every_duplicate_item(client):
 
 def test_dask_default_pure_executor_runs_duplicates_once(client):
     # Why the example and the docs pass pure=False: with Dask's default, equal calls in
-    # flight together are one task, so duplicate items share one result.
+    # flight together are one task, so duplicate items share one result. If a Dask release
+    # stops doing this, this test says so and the advice in docs/scaling.md can go.
     shared = {"items": ITEMS}
     Tag(executor=client.get_executor()).run(shared)
 

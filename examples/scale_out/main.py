@@ -10,7 +10,7 @@ handed to the ParallelBatchNode changes:
 
 It prints the three timings and exits with status 1 unless the three results are identical.
 
-    python examples/scale_out/main.py              # the whole stdlib tree (~2000 files)
+    python examples/scale_out/main.py              # the whole stdlib tree (~1800 files)
     python examples/scale_out/main.py --limit 40   # the first 40 files: a quick run
 """
 
