@@ -56,7 +56,7 @@ class Settings:
 
 
 FULL = Settings(
-    rounds=5, warmup=1, steps=100_000, langgraph_steps=2_000, batch_items=200_000,
+    rounds=9, warmup=1, steps=100_000, langgraph_steps=2_000, batch_items=200_000,
     async_items=2_000, async_limit=200, thread_items=200, thread_workers=20,
     stream_items=1_000_000, stream_workers=4, chain_sizes=(10, 100, 1_000),
     store_sizes=(10, 100, 1_000, 10_000, 100_000), scale_steps=100_000,
