@@ -41,7 +41,8 @@ def test_hello_branches_loops_and_stops_at_max_steps() -> None:
     # start is step 1, then four collatz steps: 27 82 41 124 62; step 6 raises.
     stopped = [line for line in out.splitlines() if "stopped the loop: RuntimeError:" in line]
     assert len(stopped) == 1, out
-    assert "5" in stopped[0].split("RuntimeError:", 1)[1]
+    message = stopped[0].split("RuntimeError:", 1)[1]
+    assert "5" in message and "step" in message  # names the limit and the node about to run
     assert "store kept: steps=4 last=62" in out.splitlines()
     assert "collatz n=27 steps=111: 27 ... 1" in out.splitlines()
 
