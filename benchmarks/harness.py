@@ -1,9 +1,10 @@
 """Measuring machinery shared by every workload: interleaved rounds, medians, peak memory, peers.
 
 Every framework of a workload is timed in the same process, round after round, with the order
-rotated each round so that no framework always runs first (cold caches) or last (a warm,
-fragmented heap). Before every run the garbage collector is run to completion; it stays enabled
-during every run, for every framework alike, because that is how users run them.
+shuffled each round so that no framework always runs first (cold caches), last (a warm,
+fragmented heap) or behind the same neighbour. Before every run the garbage collector is run
+to completion; it stays enabled during every run, for every framework alike, because that is
+how users run them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
-import statistics
+import random
 import subprocess
 import sys
 import time
@@ -139,8 +140,11 @@ def interleave(
     loop: asyncio.AbstractEventLoop | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Run every runnable contender once per round, rotating the order each round.
+    """Run every runnable contender once per round, in a new order each round.
 
+    The order is shuffled (with a fixed seed, so a run is repeatable) rather than rotated:
+    a rotation keeps each contender behind the same neighbour, whose after-effects (a cold
+    cache after LangGraph, say) would then always land on the same contender.
     Returns (seconds per run by label, error message by label). Warm-up rounds are run but
     not recorded. A contender that raises (or returns a wrong result) is dropped from the
     remaining rounds and reported with its error; the others carry on.
@@ -148,9 +152,11 @@ def interleave(
     live = [c for c in contenders if c.status == "ok"]
     samples: dict[str, list[float]] = {c.label: [] for c in live}
     errors: dict[str, str] = {}
+    rng = random.Random(4)
     for r in range(warmup + rounds):
-        shift = r % len(live) if live else 0
-        for c in live[shift:] + live[:shift]:
+        order = live[:]
+        rng.shuffle(order)
+        for c in order:
             if c.label in errors:
                 continue
             try:
@@ -179,11 +185,6 @@ def ratios(rows: list[Row]) -> None:
                 row.vs_floor = row.value / refs[FLOOR]
             if POCKETFLOW in refs and row.role not in (FLOOR, POCKETFLOW):
                 row.vs_pocketflow = row.value / refs[POCKETFLOW]
-
-
-def median(values: list[float]) -> float:
-    """Median of a non-empty list of floats."""
-    return statistics.median(values)
 
 
 @dataclass

@@ -8,6 +8,7 @@ with no framework at all.
 
 import asyncio
 import operator
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,6 @@ from harness import (
     Peer,
     Row,
     interleave,
-    median,
     peak_memory,
     ratios,
 )
@@ -110,7 +110,7 @@ def _rows(
             row.status, row.note = "error", errors[c.label]
         elif c.status == "ok":
             row.samples = [s * scale / c.per for s in samples[c.label]]
-            row.value = median(row.samples)
+            row.value = statistics.median(row.samples)
         rows.append(row)
     return rows
 
