@@ -169,3 +169,12 @@ def test_two_async_graph_runs_interleave_on_one_loop():
     order = asyncio.run(main())
     assert order[:2] == [("start", 0), ("start", 1)]
     assert order.index(("end", 1)) < order.index(("end", 0))
+
+
+def test_run_async_with_successors_warns_and_runs_only_itself():
+    a = ARec("a", "go")
+    a - "go" >> ARec("b")
+    shared = {}
+    with pytest.warns(UserWarning, match="successors"):
+        assert run(a.run_async, shared) == "go"
+    assert shared["trace"] == ["a"]

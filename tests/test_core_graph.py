@@ -378,7 +378,7 @@ def test_concurrent_runs_in_threads_keep_params_and_cur_retry_apart():
             if i != 0:
                 late.set()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -594,6 +594,62 @@ def test_kaygraph_logger_has_null_handler_and_is_not_configured():
     assert logger.level == logging.NOTSET
 
 
+def test_retry_logging_is_lazy_and_names_the_node():
+    class Costly(Exception):
+        reprs = 0
+
+        def __repr__(self):
+            Costly.reprs += 1
+            return "Costly()"
+
+    class Flaky(Node):
+        def exec(self, prep_res):
+            if self.cur_retry == 0:
+                raise Costly()
+
+    logger = logging.getLogger("kaygraph")
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    try:
+        logger.setLevel(logging.WARNING)
+        Flaky(max_retries=2, node_id="flaky").run({})
+        assert Costly.reprs == 0  # nothing formatted while INFO is off
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        Flaky(max_retries=2, node_id="flaky").run({})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert Costly.reprs > 0
+    assert any("flaky" in r.getMessage() for r in records)
+
+
 def test_node_loggers_live_under_kaygraph():
     assert Node().logger.name.startswith("kaygraph")
     assert Graph().logger.name.startswith("kaygraph")
+
+
+def test_a_plain_base_node_runs_once_in_a_graph():
+    calls = []
+
+    class Bare(kaygraph.BaseNode):
+        def prep(self, shared):
+            return shared["x"]
+
+        def exec(self, prep_res):
+            calls.append(prep_res)
+            raise ValueError("BaseNode has no retries")
+
+    with pytest.raises(ValueError):
+        Graph(Bare()).run({"x": 1})
+    assert calls == [1]
+
+    class Fine(kaygraph.BaseNode):
+        def exec(self, prep_res):
+            return "r"
+
+        def post(self, shared, prep_res, exec_res):
+            return exec_res
+
+    assert Graph(Fine()).run({}) == "r"

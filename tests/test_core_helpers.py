@@ -1,6 +1,7 @@
 """Node classes shared by the core tests (no tests here): imported as `test_core_helpers`."""
 
 import asyncio
+import threading
 
 from kaygraph import AsyncNode, Node
 
@@ -32,3 +33,51 @@ class ARec(AsyncNode):
 
     async def post_async(self, shared, prep_res, exec_res):
         return self.action
+
+
+class InterleavedAB:
+    """Drives two batch items so that a cur_retry shared between items shows.
+
+    Item A fails on attempts 0 and 1 and succeeds on attempt 2; item B fails once. B's first
+    attempt starts first and fails only while A is on its last attempt: with a cur_retry
+    shared between items, B would read A's attempt (and go straight to its fallback) and A
+    would read B's. ``log`` gets (item, cur_retry at start, cur_retry at end) per attempt.
+    """
+
+    items = ("A", "B")
+
+    def __init__(self):
+        self.a_last, self.b_failed = threading.Event(), threading.Event()
+        self.log, self.fallbacks = [], []
+
+    def exec(self, node, item):
+        start = node.cur_retry
+        if item == "A" and start == 2:
+            self.a_last.set()
+            assert self.b_failed.wait(10)
+        if item == "B" and start == 0:
+            assert self.a_last.wait(10)
+        self.log.append((item, start, node.cur_retry))
+        if item == "B" and start == 0:
+            self.b_failed.set()
+            raise ValueError("B fails once")
+        if item == "A" and start < 2:
+            raise ValueError("A fails twice")
+        return f"{item} ok on {node.cur_retry}"
+
+    def attempts(self, item):
+        return [entry for entry in self.log if entry[0] == item]
+
+
+class ResourceLog:
+    """Mixin recording setup_resources / cleanup_resources calls in ``events``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events = []
+
+    def setup_resources(self):
+        self.events.append("setup")
+
+    def cleanup_resources(self):
+        self.events.append("cleanup")

@@ -1,10 +1,11 @@
 """Parallel types: bounded windows, max_concurrency, fail-fast, per-item retry state."""
 
 import asyncio
+import concurrent.futures as cf
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from test_core_helpers import InterleavedAB
 
 from kaygraph import (
     AsyncNode,
@@ -67,7 +68,7 @@ def test_parallel_batch_never_materialises_a_ten_million_item_generator():
         except Boom as exc:
             outcome["exc"] = exc
 
-    runner = threading.Thread(target=run)
+    runner = threading.Thread(target=run, daemon=True)
     runner.start()
     try:
         assert started.wait(10)
@@ -127,16 +128,70 @@ def test_parallel_batch_fails_fast_and_leaves_no_thread():
     assert shared == {"before": 1}
 
 
+class ManualExecutor(cf.Executor):
+    """An executor that runs a submitted call only when the test says so."""
+
+    def __init__(self):
+        self.jobs, self.cond, self.shut_down = [], threading.Condition(), False
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = cf.Future()
+        fut.add_done_callback(self._notify)  # also called when the future is cancelled
+        with self.cond:
+            self.jobs.append((fut, fn, args, kwargs))
+            self.cond.notify_all()
+        return fut
+
+    def _notify(self, fut):
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_until(self, predicate):
+        with self.cond:
+            assert self.cond.wait_for(predicate, 10), len(self.jobs)
+
+    def wait_for_jobs(self, n):
+        self.wait_until(lambda: len(self.jobs) >= n)
+
+    def run(self, index):
+        fut, fn, args, kwargs = self.jobs[index]
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the future
+                fut.set_exception(exc)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self.shut_down = True
+
+
 def test_parallel_batch_fail_fast_on_a_given_executor_cancels_queued_items():
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        node = FailFast(bad=0, executor=pool)
-        with pytest.raises(Boom, match="item 0"):
+    pool = ManualExecutor()
+    node = FailFast(bad=1, max_workers=3, executor=pool)  # a window of 2 x 3 items
+    outcome = {}
+
+    def run():
+        try:
             node.run({})
-        started_when_raised = dict(node.stats)
-        pool.submit(lambda: None).result(timeout=10)  # drain: runs after anything queued before
-        assert node.stats["started"] == started_when_raised["started"]
-        assert started_when_raised["in_flight"] == 0
-        assert pool.submit(lambda: 7).result(timeout=10) == 7  # not shut down
+        except Boom as exc:
+            outcome["exc"] = exc
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        pool.wait_for_jobs(6)
+        pool.run(0)  # item 0 succeeds
+        pool.wait_for_jobs(7)  # its slot is refilled
+        pool.run(1)  # item 1 fails: the node cancels the queued ones
+        pool.wait_until(lambda: all(fut.cancelled() for fut, *_ in pool.jobs[2:]))
+        for index in range(2, len(pool.jobs)):
+            pool.run(index)  # as a real executor would: a cancelled job is skipped
+    finally:
+        runner.join(10)
+    assert isinstance(outcome.get("exc"), Boom)
+    assert len(pool.jobs) == 7  # never more than the window submitted
+    assert node.stats["started"] == 2
+    assert not pool.shut_down
 
 
 def test_parallel_batch_retried_item_that_recovers_does_not_fail():
@@ -157,38 +212,21 @@ def test_parallel_batch_retried_item_that_recovers_does_not_fail():
     assert shared["out"] == list(range(20))
 
 
-# --- per-item cur_retry under threads and tasks ---------------------------------------------
-#
-# Item A fails on attempts 0 and 1 and succeeds on attempt 2; item B fails once. B's first
-# attempt starts first and fails only while A is on its last attempt: with a cur_retry shared
-# between items, B would read A's attempt (and go straight to its fallback) and A would read B's.
+# --- per-item cur_retry under threads and tasks (see InterleavedAB for the interleaving) ------
 
 
 def test_parallel_batch_items_keep_their_own_cur_retry():
-    a_last, b_failed = threading.Event(), threading.Event()
-    log, fallbacks = [], []
+    ab = InterleavedAB()
 
     class Items(ParallelBatchNode):
         def prep(self, shared):
-            return ["A", "B"]
+            return ab.items
 
         def exec(self, item):
-            start = self.cur_retry
-            if item == "A" and start == 2:
-                a_last.set()
-                assert b_failed.wait(10)
-            if item == "B" and start == 0:
-                assert a_last.wait(10)
-            log.append((item, start, self.cur_retry))
-            if item == "B" and start == 0:
-                b_failed.set()
-                raise Boom("B fails once")
-            if item == "A" and start < 2:
-                raise Boom("A fails twice")
-            return f"{item} ok on {self.cur_retry}"
+            return ab.exec(self, item)
 
         def exec_fallback(self, item, exc):
-            fallbacks.append((item, self.cur_retry))
+            ab.fallbacks.append((item, self.cur_retry))
             return "fallback"
 
         def post(self, shared, prep_res, exec_res):
@@ -196,10 +234,10 @@ def test_parallel_batch_items_keep_their_own_cur_retry():
 
     shared = {}
     Items(max_workers=2, max_retries=3).run(shared)
-    assert fallbacks == []
+    assert ab.fallbacks == []
     assert shared["out"] == ["A ok on 2", "B ok on 1"]
-    assert [e for e in log if e[0] == "A"] == [("A", 0, 0), ("A", 1, 1), ("A", 2, 2)]
-    assert [e for e in log if e[0] == "B"] == [("B", 0, 0), ("B", 1, 1)]
+    assert ab.attempts("A") == [("A", 0, 0), ("A", 1, 1), ("A", 2, 2)]
+    assert ab.attempts("B") == [("B", 0, 0), ("B", 1, 1)]
 
 
 def test_async_parallel_batch_items_keep_their_own_cur_retry():
@@ -320,7 +358,7 @@ def test_async_parallel_batch_huge_generator_is_pulled_lazily_and_fails_fast():
 
     async def main():
         with pytest.raises(Boom):
-            await Lazy(max_concurrency=2).run_async({})
+            await asyncio.wait_for(Lazy(max_concurrency=2).run_async({}), 10)
         return asyncio.all_tasks() - {asyncio.current_task()}
 
     assert asyncio.run(main()) == set()
@@ -358,7 +396,7 @@ def test_async_parallel_batch_fail_fast_cancels_the_rest():
     async def main():
         shared = {"kept": 1}
         with pytest.raises(Boom, match="item 3"):
-            await node.run_async(shared)
+            await asyncio.wait_for(node.run_async(shared), 10)
         assert shared == {"kept": 1}
         return asyncio.all_tasks() - {asyncio.current_task()}
 
@@ -372,7 +410,7 @@ def test_async_parallel_batch_fail_fast_with_limit_starts_nothing_new():
 
     async def main():
         with pytest.raises(Boom, match="item 1"):
-            await node.run_async({})
+            await asyncio.wait_for(node.run_async({}), 10)
         return asyncio.all_tasks() - {asyncio.current_task()}
 
     assert asyncio.run(main()) == set()
@@ -426,7 +464,7 @@ def test_async_parallel_batch_graph_fails_fast_and_cancels():
 
     async def main():
         with pytest.raises(Boom, match="run 2"):
-            await G(Work()).run_async({})
+            await asyncio.wait_for(G(Work()).run_async({}), 10)
         return asyncio.all_tasks() - {asyncio.current_task()}
 
     assert asyncio.run(main()) == set()
@@ -439,3 +477,28 @@ def test_max_concurrency_below_one_is_rejected(bad):
         with pytest.raises((ValueError, TypeError)) as info:
             cls(max_concurrency=bad)
         assert "max_concurrency" in str(info.value) and str(bad) in str(info.value)
+
+
+def test_async_parallel_batch_each_item_has_its_own_timeout_and_retries():
+    attempts = {}
+
+    class Items(AsyncParallelBatchNode):
+        async def prep_async(self, shared):
+            return ["slow_once", "fast", "slow_always"]
+
+        async def exec_async(self, item):
+            attempts.setdefault(item, []).append(self.cur_retry)
+            if item == "slow_always" or (item == "slow_once" and self.cur_retry == 0):
+                await asyncio.Event().wait()  # hangs until the timeout cancels it
+            return f"{item} on {self.cur_retry}"
+
+        async def exec_fallback_async(self, item, exc):
+            return type(exc).__name__
+
+        async def post_async(self, shared, prep_res, exec_res):
+            shared["out"] = exec_res
+
+    shared = {}
+    asyncio.run(Items(max_retries=2, timeout=0.05, max_concurrency=3).run_async(shared))
+    assert shared["out"] == ["slow_once on 1", "fast on 0", "TimeoutError"]
+    assert attempts == {"slow_once": [0, 1], "fast": [0], "slow_always": [0, 1]}
