@@ -653,3 +653,25 @@ def test_a_plain_base_node_runs_once_in_a_graph():
             return exec_res
 
     assert Graph(Fine()).run({}) == "r"
+
+
+def test_positional_signatures_match_kaygraph():
+    n = Node(3, 0.5, "fetch", {"model": "m"})
+    assert (n.max_retries, n.wait, n.node_id, n.config.get("model")) == (3, 0.5, "fetch", "m")
+    p = kaygraph.ParallelBatchNode(4, 2, 1.0, "par")
+    assert (p.max_workers, p.max_retries, p.wait, p.node_id) == (4, 2, 1.0, "par")
+    m = kaygraph.MetricsNode(False, 5)
+    assert (m.collect_metrics, m.max_retries) == (False, 5)
+    a = Rec("a")
+    g = Graph(a, {"k": 1})
+    assert g.start_node is a and g.config.get("k") == 1
+    assert Node().node_id == "Node"  # the default id is the class name
+
+
+def test_graph_start_returns_the_node_so_wiring_chains():
+    g = Graph()
+    a, b = Rec("a"), Rec("b")
+    assert g.start(a) >> b is b
+    shared = {}
+    g.run(shared)
+    assert shared["trace"] == ["a", "b"]
