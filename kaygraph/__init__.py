@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import math
 import os
 import pickle
 import random
@@ -87,16 +88,16 @@ def _check_seconds(name: str, value: Any, optional: bool = False, positive: bool
 
 
 def _run_item(node: Node, item: Any) -> Any:
-    """Run one item's retry loop on its own copy of ``node`` (used by executors).
+    """Run one item's retry loop on its own copy of ``node``: its own ``cur_retry``.
 
-    A module-level function so that process executors can pickle it by reference.
+    Module-level, so that process executors pickle it by reference.
     """
     return _fresh(node)._retry(item)
 
 
-def _map_threads(fn: Callable[[Any, Any], Any], node: Any, items: Iterable[Any],
-                 executor: cf.Executor, window: int) -> list[Any]:
-    """Call ``fn(node, item)`` for each item on ``executor``; results in input order.
+def _map_threads(node: Node, items: Iterable[Any], executor: cf.Executor,
+                 window: int) -> list[Any]:
+    """Run ``_run_item(node, item)`` for each item on ``executor``; results in input order.
 
     At most ``window`` items are submitted and not yet finished at any time, so a huge
     generator is never materialised. The first failure cancels the futures not yet started,
@@ -112,15 +113,15 @@ def _map_threads(fn: Callable[[Any, Any], Any], node: Any, items: Iterable[Any],
 
     try:
         for i, item in enumerate(items):
-            pending[executor.submit(fn, node, item)] = i
+            pending[executor.submit(_run_item, node, item)] = i
             if len(pending) >= window:
                 collect(cf.FIRST_COMPLETED)
         while pending:
             collect(cf.FIRST_EXCEPTION)
     except BaseException:
-        for fut in pending:
-            fut.cancel()
-        cf.wait(pending)
+        # Wait only for what could not be cancelled: a cancelled future may never be
+        # marked done by an executor that is busy with other work.
+        cf.wait([fut for fut in pending if not fut.cancel()])
         raise
     return [results[i] for i in range(len(results))]
 
@@ -347,10 +348,13 @@ class BaseNode:
         Warns (``UserWarning``) when the node has successors: it does not run them; use a
         Graph. Raises what the node raises; RuntimeError for an async node.
         """
+        self._warn_alone("a Graph")
+        return self._run(shared)
+
+    def _warn_alone(self, graph: str) -> None:
         if self.successors:
             warnings.warn(f"Node '{self.node_id}' won't run its successors "
-                          f"{list(self.successors)}; use a Graph", UserWarning, stacklevel=2)
-        return self._run(shared)
+                          f"{list(self.successors)}; use {graph}", UserWarning, stacklevel=3)
 
 
 class _Transition:
@@ -492,27 +496,23 @@ class ParallelBatchNode(BatchNode):
         self.max_workers, self.executor = max_workers, executor
 
     def _exec(self, items: Iterable[Any] | None) -> list[Any]:
-        items = () if items is None else items
+        items, executor = () if items is None else items, self.executor
         shipped = _fresh(self)
-        shipped.successors = {}  # never ship the rest of the graph to a worker
-        shipped.executor = None  # nor the executor itself (a process pool cannot be pickled)
-        if self.executor is not None:
-            if isinstance(self.executor, cf.ProcessPoolExecutor):
-                try:
-                    pickle.dumps(shipped)
-                except Exception as exc:
-                    raise TypeError(
-                        f"node {self.node_id!r} cannot be pickled for "
-                        f"{type(self.executor).__name__} ({exc}); keep only picklable "
-                        f"attributes (no lambdas, locks or open clients) or use threads") from exc
-            workers = self.max_workers or getattr(self.executor, "_max_workers", None)
-            return _map_threads(_run_item, shipped, items, self.executor,
-                                2 * (workers or os.cpu_count() or 1))
-        pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="kaygraph")
-        try:
-            return _map_threads(_run_item, shipped, items, pool, 2 * pool._max_workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        # Ship neither the rest of the graph nor the executor (a process pool won't pickle).
+        shipped.successors, shipped.executor = {}, None
+        if executor is None:
+            with cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="kaygraph") as pool:
+                return _map_threads(shipped, items, pool, 2 * pool._max_workers)
+        if isinstance(executor, cf.ProcessPoolExecutor):
+            try:
+                pickle.dumps(shipped)
+            except Exception as exc:
+                raise TypeError(
+                    f"node {self.node_id!r} cannot be pickled for {type(executor).__name__} "
+                    f"({exc}); keep only picklable attributes (no lambdas, locks or open "
+                    f"clients) or use threads") from exc
+        workers = self.max_workers or getattr(executor, "_max_workers", None) or os.cpu_count()
+        return _map_threads(shipped, items, executor, 2 * (workers or 1))
 
 
 # --------------------------------------------------------------------------- async nodes
@@ -609,21 +609,25 @@ class AsyncNode(Node):
 
     async def run_async(self, shared: Shared) -> Action:
         """Run this node alone and return its action. Warns when it has successors."""
-        if self.successors:
-            warnings.warn(f"Node '{self.node_id}' won't run its successors "
-                          f"{list(self.successors)}; use an AsyncGraph", UserWarning,
-                          stacklevel=2)
+        self._warn_alone("an AsyncGraph")
         return await self._run_async(shared)
 
 
 class AsyncBatchNode(AsyncNode, BatchNode):
-    """An async batch node: ``exec_async(item)`` per item, one after another, awaited."""
+    """An async batch node: ``exec_async(item)`` per item, one after another, awaited.
+
+    Each item has its own retries, timeout and ``cur_retry``; results in input order.
+    """
+
+    max_concurrency: int | None = 1
 
     async def _exec_async(self, items: Iterable[Any] | None) -> list[Any]:
-        return [await self._retry_async(item) for item in (() if items is None else items)]
+        # One batch loop for sequential and concurrent nodes: only the limit differs.
+        return await _map_tasks(lambda item: _fresh(self)._retry_async(item), items,
+                                self.max_concurrency)
 
 
-class AsyncParallelBatchNode(AsyncNode, BatchNode):
+class AsyncParallelBatchNode(AsyncBatchNode):
     """An async batch node whose items run concurrently on the event loop.
 
     ``AsyncParallelBatchNode(*args, max_concurrency=None, **kwargs)``: never more than
@@ -637,10 +641,6 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
         super().__init__(*args, **kwargs)
         _check_int("max_concurrency", max_concurrency, 1, optional=True)
         self.max_concurrency = max_concurrency
-
-    async def _exec_async(self, items: Iterable[Any] | None) -> list[Any]:
-        return await _map_tasks(lambda item: _fresh(self)._retry_async(item), items,
-                                self.max_concurrency)
 
 
 # --------------------------------------------------------------------------- metrics, validation
@@ -716,7 +716,7 @@ class MetricsNode(Node):
             return {"status": "no_executions"}
 
         def rank(q: float) -> float:
-            return float(times[max(0, -int(-q * len(times) // 1) - 1)])
+            return float(times[max(0, math.ceil(q * len(times)) - 1)])
 
         return {
             "total_executions": n, "success_rate": m["successes"] / n,
@@ -825,8 +825,10 @@ class Graph(BaseNode):
     def _step(self, curr: BaseNode, params: dict[str, Any], cfg: Config | None,
               done: int) -> BaseNode:
         if done == self.max_steps:
-            raise RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
+            exc = RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
                                f"step {done + 1} would run node {curr.node_id!r}")
+            _note(exc, f"kaygraph: raised by graph {self.node_id!r} before step {done + 1}")
+            raise exc
         node: BaseNode = object.__new__(curr.__class__)  # _fresh, inlined: the hot path
         node.__dict__.update(curr.__dict__)
         node.params = params
@@ -978,14 +980,16 @@ class AsyncGraph(Graph, AsyncNode):
 class AsyncBatchGraph(AsyncGraph, BatchGraph):
     """An async batch graph: the sub-graph runs once per params dict, one after another."""
 
+    max_concurrency: int | None = 1
+
     async def _run_async(self, shared: Shared) -> Action:
         batch = await self.prep_async(shared)
-        for params in () if batch is None else batch:
-            await self._orch_async(shared, {**self.params, **params})
+        await _map_tasks(lambda params: self._orch_async(shared, {**self.params, **params}),
+                         batch, self.max_concurrency)
         return await self.post_async(shared, batch, None)
 
 
-class AsyncParallelBatchGraph(AsyncGraph, BatchGraph):
+class AsyncParallelBatchGraph(AsyncBatchGraph):
     """An async batch graph whose sub-graph runs concurrently, once per params dict.
 
     ``AsyncParallelBatchGraph(*args, max_concurrency=None, **kwargs)``: never more than
@@ -997,12 +1001,6 @@ class AsyncParallelBatchGraph(AsyncGraph, BatchGraph):
         super().__init__(*args, **kwargs)
         _check_int("max_concurrency", max_concurrency, 1, optional=True)
         self.max_concurrency = max_concurrency
-
-    async def _run_async(self, shared: Shared) -> Action:
-        batch = await self.prep_async(shared)
-        await _map_tasks(lambda params: self._orch_async(shared, {**self.params, **params}),
-                         batch, self.max_concurrency)
-        return await self.post_async(shared, batch, None)
 
 
 # --------------------------------------------------------------------------- aliases
