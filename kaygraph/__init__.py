@@ -67,24 +67,17 @@ def _note(exc: BaseException, text: str) -> None:
         exc.add_note(text)
 
 
-def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
-    """Raise TypeError/ValueError naming ``name`` unless ``value`` is an int >= ``low``."""
+def _check(name: str, value: Any, low: float, kind: type = int, optional: bool = False,
+           above: bool = False) -> None:
+    """Raise TypeError/ValueError naming ``name`` and ``value`` unless ``value`` is a
+    ``kind`` (int, or float: any real number) >= ``low`` (> ``low`` when ``above``)."""
     if optional and value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-
-
-def _check_seconds(name: str, value: Any, optional: bool = False, positive: bool = False) -> None:
-    """Raise TypeError/ValueError naming ``name`` unless ``value`` is a number of seconds >= 0."""
-    if optional and value is None:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(f"{name} must be {'an int' if kind is int else 'a number'}, "
+                        f"got {value!r} ({type(value).__name__})")
+    if value < low or (above and value == low):
+        raise ValueError(f"{name} must be {'>' if above else '>='} {low}, got {value!r}")
 
 
 def _run_item(node: Node, item: Any) -> Any:
@@ -342,6 +335,9 @@ class BaseNode:
                 return None
             raise
 
+    async def _run_async(self, shared: Shared) -> Action:
+        return self._run(shared)  # a sync node in an AsyncGraph runs inline
+
     def run(self, shared: Shared) -> Action:
         """Run this node alone on ``shared`` and return its action, exactly as ``post`` did.
 
@@ -402,12 +398,11 @@ class Node(BaseNode):
                  | Callable[[BaseException], bool] = Exception,
                  timeout: float | None = None) -> None:
         super().__init__(node_id=node_id, config=config)
-        _check_int("max_retries", max_retries, 1)
-        _check_seconds("wait", wait)
-        _check_seconds("max_wait", max_wait, optional=True)
-        _check_seconds("jitter", jitter)
-        if not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff <= 0:
-            raise ValueError(f"backoff must be a number > 0, got {backoff!r}")
+        _check("max_retries", max_retries, 1)
+        _check("wait", wait, 0, float)
+        _check("max_wait", max_wait, 0, float, optional=True)
+        _check("jitter", jitter, 0, float)
+        _check("backoff", backoff, 0, float, above=True)
         if not (callable(retry_on) or isinstance(retry_on, tuple)):
             raise TypeError(f"retry_on must be an exception class, a tuple of them or a "
                             f"predicate, got {retry_on!r}")
@@ -415,7 +410,7 @@ class Node(BaseNode):
             if not self._is_async:
                 raise TypeError(f"timeout={timeout!r} needs an AsyncNode: a sync exec cannot be "
                                 f"cancelled in-process (node {self.node_id!r})")
-            _check_seconds("timeout", timeout, positive=True)
+            _check("timeout", timeout, 0, float, above=True)
             self.timeout = timeout
         self.max_retries, self.wait, self.backoff = max_retries, wait, backoff
         self.max_wait, self.jitter, self.retry_on = max_wait, jitter, retry_on
@@ -490,7 +485,7 @@ class ParallelBatchNode(BatchNode):
     def __init__(self, max_workers: int | None = None, *args: Any,
                  executor: cf.Executor | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _check_int("max_workers", max_workers, 1, optional=True)
+        _check("max_workers", max_workers, 1, optional=True)
         if executor is not None and not isinstance(executor, cf.Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor, got {executor!r}")
         self.max_workers, self.executor = max_workers, executor
@@ -639,7 +634,7 @@ class AsyncParallelBatchNode(AsyncBatchNode):
 
     def __init__(self, *args: Any, max_concurrency: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _check_int("max_concurrency", max_concurrency, 1, optional=True)
+        _check("max_concurrency", max_concurrency, 1, optional=True)
         self.max_concurrency = max_concurrency
 
 
@@ -784,7 +779,7 @@ class Graph(BaseNode):
                  config: Config | dict[str, Any] | None = None, *,
                  max_steps: int | None = None, node_id: str | None = None) -> None:
         super().__init__(node_id=node_id, config=config)
-        _check_int("max_steps", max_steps, 1, optional=True)
+        _check("max_steps", max_steps, 1, optional=True)
         if start is not None and not isinstance(start, BaseNode):
             raise TypeError(f"start must be a BaseNode, got {start!r} ({type(start).__name__})")
         self.start_node, self.max_steps = start, max_steps
@@ -860,10 +855,7 @@ class Graph(BaseNode):
             while curr is not None:
                 node = self._step(curr, params, cfg, done)
                 done += 1
-                if node._is_async:
-                    action = await node._run_async(shared)  # type: ignore[attr-defined]
-                else:
-                    action = node._run(shared)
+                action = await node._run_async(shared)
                 yield node, action
                 curr = self.get_next_node(curr, action)
         except Exception as exc:
@@ -999,7 +991,7 @@ class AsyncParallelBatchGraph(AsyncBatchGraph):
 
     def __init__(self, *args: Any, max_concurrency: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _check_int("max_concurrency", max_concurrency, 1, optional=True)
+        _check("max_concurrency", max_concurrency, 1, optional=True)
         self.max_concurrency = max_concurrency
 
 
