@@ -128,11 +128,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_between_markers(path: Path, markdown: str) -> None:
+def write_between_markers(path: Path, markdown: str | None) -> None:
     """Replace what lies between the two benchmark-table markers of `path` with `markdown`.
 
     Everything outside the markers is kept. A missing file is created with a heading and the
-    markers; a file without both markers raises ValueError naming the path.
+    markers; a file without both markers raises ValueError naming the path. With `markdown`
+    None, only checks (and creates) the file.
     """
     if not path.exists():
         path.write_text(f"# Performance\n\n{START_MARKER}\n{END_MARKER}\n")
@@ -140,5 +141,6 @@ def write_between_markers(path: Path, markdown: str) -> None:
     start, end = text.find(START_MARKER), text.find(END_MARKER)
     if start < 0 or end < start:
         raise ValueError(f"{path}: needs {START_MARKER} followed by {END_MARKER}")
-    head = text[: start + len(START_MARKER)]
-    path.write_text(f"{head}\n{markdown}\n{text[end:]}")
+    if markdown is not None:
+        head = text[: start + len(START_MARKER)]
+        path.write_text(f"{head}\n{markdown}\n{text[end:]}")

@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from report import render_markdown, render_text, write_between_markers
 
+    if args.markdown_into:
+        try:  # check the markers before a run of minutes, not after it
+            write_between_markers(args.markdown_into, None)
+        except ValueError as exc:
+            print(f"--markdown-into: {exc}", file=sys.stderr)
+            return 2
     if args.from_json:
         results = json.loads(args.from_json.read_text())
     else:
