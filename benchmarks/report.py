@@ -104,10 +104,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The whole run as Markdown: machine line, one table per workload, targets, notes.md."""
     meta = results["meta"]
     out = [f"Measured {_machine_line(meta)}.", ""]
-    load, cores = meta.get("load_average_at_start"), meta.get("cores") or 1
-    if load and load[0] > cores / 2:
-        out += [f"**Noisy run:** the machine was busy (load average {load[0]:.1f} on {cores} "
-                "cores), so the timings vary a lot between rounds; see the ranges.", ""]
+    cores = meta.get("cores") or 1
+    loads = [x[0] for x in (meta.get("load_average_at_start"), meta.get("load_average_at_end"))
+             if x]
+    if loads and max(loads) > cores / 2:
+        out += [f"**Noisy run:** the machine was busy (load average up to {max(loads):.1f} on "
+                f"{cores} cores), so the timings vary between rounds; see the ranges.", ""]
+    if meta.get("note"):
+        out += [f"**Note:** {meta['note']}", ""]
     out.append("Reproduce with `python benchmarks/run.py --json /tmp/bench.json "
                "--markdown-into docs/performance.md`.")
     out.append("")

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -33,6 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="write the Markdown tables between the benchmark-table markers of FILE")
     p.add_argument("--from-json", metavar="FILE", type=Path,
                    help="run nothing: render the results saved in FILE by --json")
+    p.add_argument("--note", metavar="TEXT",
+                   help="a sentence to print above the Markdown tables (e.g. the machine was "
+                        "shared); stored in the JSON")
     p.add_argument("--only", metavar="NAMES",
                    help="comma-separated subset of: step,batch,async,thread,stream,scaling")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -75,6 +79,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         result["seconds"] = time.perf_counter() - t0
         workloads.append(result)
     meta["seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return {"meta": meta, "workloads": workloads}
 
 
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.from_json.read_text())
     else:
         results = _measure(args)
+    if args.note:
+        results["meta"]["note"] = args.note
     print(render_text(results))
     if args.json and not args.from_json:
         args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
