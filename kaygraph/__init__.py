@@ -55,7 +55,7 @@ def _fresh(node: Any) -> Any:
     step and once per parallel item, so per-run state set on the copy stays on the copy.
     """
     twin = object.__new__(node.__class__)
-    twin.__dict__.update(node.__dict__)
+    twin.__dict__ = node.__dict__.copy()  # cheaper than __dict__.update on 3.11
     return twin
 
 
@@ -96,13 +96,16 @@ def _map_threads(node: Node, items: Iterable[Any], executor: cf.Executor,
     generator is never materialised. The first failure cancels the futures not yet started,
     waits for the running ones and re-raises: nothing is left running.
     """
-    results: dict[int, Any] = {}
+    results: list[Any] = []
+    early: dict[int, Any] = {}  # finished before an earlier item; a list costs less per item
     pending: dict[cf.Future[Any], int] = {}
 
     def collect(when: str) -> None:
         done, _ = cf.wait(pending, return_when=when)
         for fut in done:
-            results[pending.pop(fut)] = fut.result()  # re-raises the item's error
+            early[pending.pop(fut)] = fut.result()  # re-raises the item's error
+        while len(results) in early:
+            results.append(early.pop(len(results)))
 
     try:
         for i, item in enumerate(items):
@@ -116,7 +119,7 @@ def _map_threads(node: Node, items: Iterable[Any], executor: cf.Executor,
         # marked done by an executor that is busy with other work.
         cf.wait([fut for fut in pending if not fut.cancel()])
         raise
-    return [results[i] for i in range(len(results))]
+    return results
 
 
 async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any] | None,
@@ -127,27 +130,25 @@ async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any] |
     run never materialises its input. The first failure cancels every unfinished item and
     re-raises once they have all stopped: no task is left running.
     """
-    if items is None:
-        items = ()
-    if limit is None:
-        items = list(items)
-        limit = max(len(items), 1)
-    source = enumerate(items)
+    source = enumerate(() if items is None else items)
     results: dict[int, Any] = {}
 
     async def worker() -> None:
         for i, item in source:
             results[i] = await fn(item)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(limit)]
+    if limit is None:  # one task per item; gather keeps the order
+        tasks = [asyncio.ensure_future(fn(item)) for _, item in source]
+    else:  # `limit` workers share the source, so a huge input is never materialised
+        tasks = [asyncio.ensure_future(worker()) for _ in range(limit)]
     try:
-        await asyncio.gather(*tasks)
+        done = await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return [results[i] for i in range(len(results))]
+    return done if limit is None else [results[i] for i in range(len(results))]
 
 
 # --------------------------------------------------------------------------- Config
@@ -557,9 +558,7 @@ class AsyncNode(Node):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.cleanup_resources_async()
 
-    async def _attempt(self, item: Any) -> Any:
-        if self.timeout is None:
-            return await self.exec_async(item)
+    async def _attempt(self, item: Any) -> Any:  # one attempt under the timeout
         try:
             return await asyncio.wait_for(self.exec_async(item), self.timeout)
         except asyncio.TimeoutError as exc:  # a different class from TimeoutError on 3.10
@@ -571,6 +570,8 @@ class AsyncNode(Node):
         self.cur_retry = 0
         while True:
             try:
+                if self.timeout is None:
+                    return await self.exec_async(item)
                 return await self._attempt(item)
             except Exception as exc:
                 delay = self._retry_delay(exc)
@@ -817,31 +818,31 @@ class Graph(BaseNode):
                              f"Graph(start=node) or call graph.start(node)")
         return self.start_node, (self.config or None)
 
-    def _step(self, curr: BaseNode, params: dict[str, Any], cfg: Config | None,
-              done: int) -> BaseNode:
-        if done == self.max_steps:
-            exc = RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
-                               f"step {done + 1} would run node {curr.node_id!r}")
-            _note(exc, f"kaygraph: raised by graph {self.node_id!r} before step {done + 1}")
-            raise exc
-        node: BaseNode = object.__new__(curr.__class__)  # _fresh, inlined: the hot path
-        node.__dict__.update(curr.__dict__)
-        node.params = params
-        if cfg is not None and not node.config:
-            node.config = cfg
-        return node
+    def _too_many_steps(self, curr: BaseNode, done: int) -> RuntimeError:
+        exc = RuntimeError(f"graph {self.node_id!r} reached max_steps={self.max_steps}; "
+                           f"step {done + 1} would run node {curr.node_id!r}")
+        _note(exc, f"kaygraph: raised by graph {self.node_id!r} at max_steps")
+        return exc
 
     def _walk(self, shared: Shared, params: dict[str, Any]) -> Iterator[tuple[BaseNode, Action]]:
         start, cfg = self._first()
         curr: BaseNode | None = start
-        done, node = 0, start
+        done, node, limit = 0, start, self.max_steps
+        new, next_node = object.__new__, self.get_next_node  # looked up once, not per step
         try:
             while curr is not None:
-                node = self._step(curr, params, cfg, done)
+                if done == limit:
+                    raise self._too_many_steps(curr, done)
+                # The per-step shallow copy (_fresh, inlined: this loop is the hot path).
+                node = new(curr.__class__)
+                node.__dict__ = curr.__dict__.copy()
+                node.params = params
+                if cfg is not None and not node.config:
+                    node.config = cfg
                 done += 1
                 action = node._run(shared)
                 yield node, action
-                curr = self.get_next_node(curr, action)
+                curr = next_node(curr, action)
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
             raise
@@ -850,14 +851,22 @@ class Graph(BaseNode):
                           ) -> AsyncIterator[tuple[BaseNode, Action]]:
         start, cfg = self._first()
         curr: BaseNode | None = start
-        done, node = 0, start
+        done, node, limit = 0, start, self.max_steps
+        new, next_node = object.__new__, self.get_next_node  # looked up once, not per step
         try:
             while curr is not None:
-                node = self._step(curr, params, cfg, done)
+                if done == limit:
+                    raise self._too_many_steps(curr, done)
+                # The per-step shallow copy (_fresh, inlined: this loop is the hot path).
+                node = new(curr.__class__)
+                node.__dict__ = curr.__dict__.copy()
+                node.params = params
+                if cfg is not None and not node.config:
+                    node.config = cfg
                 done += 1
                 action = await node._run_async(shared)
                 yield node, action
-                curr = self.get_next_node(curr, action)
+                curr = next_node(curr, action)
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
             raise
