@@ -323,12 +323,13 @@ class BaseNode:
         return self.exec(prep_res)
 
     def _run(self, shared: Shared) -> Action:
+        hooked = self._hooked
         try:
-            if self._hooked:
+            if hooked:
                 self.before_prep(shared)
             prep_res = self.prep(shared)
             exec_res = self._exec(prep_res)
-            if self._hooked:
+            if hooked:
                 self.after_exec(shared, prep_res, exec_res)
             return self.post(shared, prep_res, exec_res)
         except Exception as exc:
@@ -586,12 +587,13 @@ class AsyncNode(Node):
 
     async def _run_async(self, shared: Shared) -> Action:
         # The async twin of BaseNode._run.
+        hooked = self._hooked
         try:
-            if self._hooked:
+            if hooked:
                 self.before_prep(shared)
             prep_res = await self.prep_async(shared)
             exec_res = await self._exec_async(prep_res)
-            if self._hooked:
+            if hooked:
                 self.after_exec(shared, prep_res, exec_res)
             return await self.post_async(shared, prep_res, exec_res)
         except Exception as exc:
@@ -798,7 +800,8 @@ class Graph(BaseNode):
         Warns ``Graph ends: 'ACTION' not found in [...]`` when ``curr`` has other
         successors. Raises TypeError naming the node when ``action`` is not a str or None.
         """
-        if action is not None and not isinstance(action, str):
+        # The exact-type test first: this runs once per step, and most actions are plain str.
+        if action.__class__ is not str and action is not None and not isinstance(action, str):
             raise TypeError(f"node {curr.node_id!r} returned action {action!r} "
                             f"({type(action).__name__}); an action must be a str or None")
         nxt = curr.successors.get(action or "default")
