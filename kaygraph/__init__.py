@@ -775,7 +775,9 @@ class Graph(BaseNode):
     (with a ``UserWarning`` if the node had other successors). ``run`` returns the last
     action (the default ``post`` returns it), so an outer graph can route on it.
     ``max_steps`` (int >= 1) bounds the top-level steps of one run: RuntimeError naming the
-    limit and the node about to run. ValueError when run with no start node.
+    limit and the node about to run. ValueError when run with no start node. The node hooks
+    (``before_prep``, ``after_exec``, ``on_error``) apply to the nodes a graph runs, not to
+    the graph itself.
     """
 
     def __init__(self, start: BaseNode | None = None,
@@ -895,7 +897,8 @@ class Graph(BaseNode):
 
         A nested graph is one step. Calls the graph's own ``prep`` first and ``post`` last;
         the generator's return value (``StopIteration.value``) is what ``post`` returned.
-        Raises what ``run`` raises, at the step that raised.
+        Raises what ``run`` raises, at the step that raised. A consumer that stops early stops
+        the run after the current step, and ``post`` is not called.
         """
         prep_res = self.prep(shared)
         action: Action = None
@@ -934,7 +937,8 @@ class Graph(BaseNode):
 
         draw(self, "    ")
         for src, action, dst in edges:
-            arrow = "-->" if action == "default" else f'-->|"{action}"|'
+            label = action.replace('"', "#quot;")
+            arrow = "-->" if action == "default" else f'-->|"{label}"|'
             lines.append(f"    {ids[id(src)]} {arrow} {ids[id(dst)]}")
         return "\n".join(lines) + "\n"
 
