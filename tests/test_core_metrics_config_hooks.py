@@ -331,6 +331,22 @@ def test_graph_hands_its_config_to_nodes_whose_config_is_empty():
     assert not plain.config  # handed to the per-step copy only
 
 
+def test_async_graph_hands_its_config_to_async_and_sync_nodes():
+    class AsyncReadsConfig(AsyncNode):
+        async def exec_async(self, prep_res):
+            return self.config.to_dict()
+
+        def post(self, shared, prep_res, exec_res):
+            shared.setdefault("seen", []).append(exec_res)
+
+    first, second, own = AsyncReadsConfig(), ReadsConfig(), ReadsConfig(config={"model": "own"})
+    first >> second >> own
+    shared = {}
+    asyncio.run(AsyncGraph(first, config={"model": "graph"}).run_async(shared))
+    assert shared["seen"] == [{"model": "graph"}, {"model": "graph"}, {"model": "own"}]
+    assert not first.config and not second.config  # handed to the per-step copies only
+
+
 def test_nested_graph_passes_outer_config_down():
     inner = Graph(ReadsConfig())
     shared = {}
