@@ -217,8 +217,9 @@ class BaseNode:
     Attributes: ``node_id``, ``params`` (dict set by the graph for each run),
     ``successors`` (action -> node), ``config``, ``logger`` (a ``logging.Logger`` under
     ``"kaygraph"``). Override ``prep``, ``exec`` and ``post``; optionally the hooks
-    ``before_prep``, ``after_exec`` and ``on_error``, and ``setup_resources`` /
-    ``cleanup_resources`` (called by ``with node:``).
+    ``before_prep``, ``after_exec`` and ``on_error`` (override them in a subclass: they are
+    looked up on the class, once), and ``setup_resources`` / ``cleanup_resources`` (called
+    by ``with node:``).
     """
 
     _is_async = False
