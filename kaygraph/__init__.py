@@ -137,11 +137,12 @@ async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any] |
         for i, item in source:
             results[i] = await fn(item)
 
-    if limit is None:  # one task per item; gather keeps the order
-        tasks = [asyncio.ensure_future(fn(item)) for _, item in source]
-    else:  # `limit` workers share the source, so a huge input is never materialised
-        tasks = [asyncio.ensure_future(worker()) for _ in range(limit)]
-    try:
+    tasks: list[asyncio.Future[Any]] = []
+    try:  # the source may raise while tasks are being made: they are cleaned up too
+        if limit is None:  # one task per item; gather keeps the order
+            tasks.extend(asyncio.ensure_future(fn(item)) for _, item in source)
+        else:  # `limit` workers share the source, so a huge input is never materialised
+            tasks.extend(asyncio.ensure_future(worker()) for _ in range(limit))
         done = await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
@@ -297,7 +298,7 @@ class BaseNode:
         """Hook called before ``prep`` on every run of the node. Default: nothing."""
 
     def after_exec(self, shared: Shared, prep_res: Any, exec_res: Any) -> None:
-        """Hook called after ``exec`` (and its retries) succeeded, before ``post``."""
+        """Hook called after ``exec`` (with its retries, or ``exec_fallback``) returned."""
 
     def on_error(self, shared: Shared, exc: Exception) -> bool:
         """Hook called when any phase raises ``exc``; return True to suppress it.
@@ -621,13 +622,18 @@ class AsyncBatchNode(AsyncNode, BatchNode):
     max_concurrency: int | None = 1
 
     async def _exec_async(self, items: Iterable[Any] | None) -> list[Any]:
-        # One batch loop for sequential and concurrent nodes: only the limit differs.
-        return await _map_tasks(lambda item: _fresh(self)._retry_async(item), items,
-                                self.max_concurrency)
+        # One batch loop for sequential and concurrent nodes: only the limit differs. Items
+        # in flight together each run on their own copy; one at a time, on the node, as in
+        # BatchNode.
+        one = self.max_concurrency == 1
+        return await _map_tasks(self._retry_async if one else
+                                lambda item: _fresh(self)._retry_async(item),
+                                items, self.max_concurrency)
 
 
 class AsyncParallelBatchNode(AsyncBatchNode):
-    """An async batch node whose items run concurrently on the event loop.
+    """An async batch node whose items run concurrently on the event loop (a subclass of
+    AsyncBatchNode, whose limit is 1).
 
     ``AsyncParallelBatchNode(*args, max_concurrency=None, **kwargs)``: never more than
     ``max_concurrency`` (int >= 1; None: no limit) items in flight; a bounded run pulls
@@ -948,13 +954,20 @@ class BatchGraph(Graph):
     """A graph whose ``prep`` returns an iterable of params dicts (None: none).
 
     The sub-graph runs once per dict, one after another, with params
-    ``{**graph.params, **item}``. ``post`` receives ``exec_res=None``.
+    ``{**graph.params, **item}``. ``post`` receives ``exec_res=None``. TypeError naming
+    the graph when an item is not a dict.
     """
+
+    def _merge(self, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise TypeError(f"batch graph {self.node_id!r}: prep must give params dicts, got "
+                            f"{params!r} ({type(params).__name__})")
+        return {**self.params, **params}
 
     def _run(self, shared: Shared) -> Action:
         batch = self.prep(shared)
         for params in () if batch is None else batch:
-            self._orch(shared, {**self.params, **params})
+            self._orch(shared, self._merge(params))
         return self.post(shared, batch, None)
 
 
@@ -993,13 +1006,14 @@ class AsyncBatchGraph(AsyncGraph, BatchGraph):
 
     async def _run_async(self, shared: Shared) -> Action:
         batch = await self.prep_async(shared)
-        await _map_tasks(lambda params: self._orch_async(shared, {**self.params, **params}),
+        await _map_tasks(lambda params: self._orch_async(shared, self._merge(params)),
                          batch, self.max_concurrency)
         return await self.post_async(shared, batch, None)
 
 
 class AsyncParallelBatchGraph(AsyncBatchGraph):
-    """An async batch graph whose sub-graph runs concurrently, once per params dict.
+    """An async batch graph whose sub-graph runs concurrently, once per params dict (a
+    subclass of AsyncBatchGraph, whose limit is 1).
 
     ``AsyncParallelBatchGraph(*args, max_concurrency=None, **kwargs)``: never more than
     ``max_concurrency`` (int >= 1; None: no limit) runs in flight. The first run that

@@ -178,3 +178,30 @@ def test_run_async_with_successors_warns_and_runs_only_itself():
     with pytest.warns(UserWarning, match="successors"):
         assert run(a.run_async, shared) == "go"
     assert shared["trace"] == ["a"]
+
+
+def test_async_batch_items_run_on_the_node_one_at_a_time_like_batch_node():
+    # Sequential items share the step's node, as in BatchNode (and PocketFlow): state an
+    # exec sets reaches the next item and post.
+    from kaygraph import AsyncBatchNode, BatchNode
+
+    class CountSync(BatchNode):
+        def prep(self, shared):
+            self.n = 0
+            return [10, 20, 30]
+
+        def exec(self, item):
+            self.n += 1
+            return self.n
+
+        def post(self, shared, prep_res, exec_res):
+            shared["out"], shared["n"] = exec_res, self.n
+
+    class CountAsync(AsyncBatchNode, CountSync):
+        async def exec_async(self, item):
+            return self.exec(item)
+
+    sync_shared, async_shared = {}, {}
+    CountSync().run(sync_shared)
+    asyncio.run(CountAsync().run_async(async_shared))
+    assert sync_shared == async_shared == {"out": [1, 2, 3], "n": 3}

@@ -11,10 +11,12 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from kaygraph import (
+    AsyncBatchGraph,
     AsyncGraph,
     AsyncNode,
     AsyncParallelBatchGraph,
     AsyncParallelBatchNode,
+    BatchGraph,
     Config,
     Graph,
     MetricsNode,
@@ -274,3 +276,54 @@ def test_failing_parallel_item_error_type_unchanged():
     with pytest.raises(UnicodeError, match="item 2"):
         Graph(P(max_workers=2)).run({})
     assert set(threading.enumerate()) <= before
+
+
+def test_unbounded_async_fan_out_cancels_started_items_when_the_source_raises():
+    started, finished = [], []
+    release = None
+
+    class Fan(AsyncParallelBatchNode):
+        def prep(self, shared):
+            shared["before"] = "kept"
+
+            def source():
+                yield 1
+                yield 2
+                raise KeyError("source broke")
+
+            return source()
+
+        async def exec_async(self, item):
+            started.append(item)
+            await release.wait()  # never set: only cancellation ends these items
+            finished.append(item)
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        shared = {}
+        with pytest.raises(KeyError, match="source broke"):
+            await Fan().run_async(shared)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return shared, others
+
+    shared, others = asyncio.run(main())
+    assert others == [] and finished == []
+    assert shared == {"before": "kept"}
+
+
+@pytest.mark.parametrize("graph_cls", [BatchGraph, AsyncBatchGraph, AsyncParallelBatchGraph])
+def test_batch_graph_params_that_are_not_dicts_name_the_graph_and_value(graph_cls):
+    class Params(graph_cls):
+        def prep(self, shared):
+            shared["before"] = "kept"
+            return [{"i": 1}, "oops"]
+
+    g = Params(Node(), node_id="per_file")
+    shared = {}
+    with pytest.raises(TypeError, match=r"'per_file'.*'oops' \(str\)"):
+        if g._is_async:
+            asyncio.run(g.run_async(shared))
+        else:
+            g.run(shared)
+    assert shared == {"before": "kept"}
