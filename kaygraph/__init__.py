@@ -28,13 +28,13 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __version__ = "0.1.0"
 __all__ = [
     "BaseNode", "Node", "BatchNode", "ParallelBatchNode",
     "AsyncNode", "AsyncBatchNode", "AsyncParallelBatchNode",
-    "MetricsNode", "ValidatedNode", "Config", "Step",
+    "MetricsNode", "ValidatedNode", "Config", "Step", "Store", "Cache", "Interrupt",
     "Graph", "BatchGraph", "AsyncGraph", "AsyncBatchGraph", "AsyncParallelBatchGraph",
     "Flow", "AsyncFlow", "BatchFlow", "AsyncBatchFlow", "AsyncParallelBatchFlow",
 ]
@@ -205,6 +205,86 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config({self._data!r})"
+
+
+# --------------------------------------------------------------------------- store and cache protocols
+
+@runtime_checkable
+class Store(Protocol):
+    """Where a durable run keeps its checkpoints: what ``run(..., run_id=, store=)`` needs.
+
+    ``kaygraph.stores`` has ``MemoryStore`` and ``SQLiteStore``; ``kaygraph.postgres`` has
+    ``PostgresStore``. A checkpoint is a dict with the keys ``run_id`` (str), ``step`` (int,
+    the checkpoint's number in its run, from 1), ``status`` (``"running"``,
+    ``"interrupted"``, ``"done"`` or ``"failed"``), ``node_id``, ``position``, ``shared``,
+    ``params``, ``action``, ``error``, ``interrupt``, ``fingerprint`` and ``time`` (seconds
+    since the epoch).
+    """
+
+    def save(self, checkpoint: dict[str, Any], expected_step: int | None) -> None:
+        """Add ``checkpoint`` as the run's latest, if the latest is still ``expected_step``
+        (None: the run has none); RuntimeError naming the run otherwise (another writer
+        won). TypeError naming the key when a value cannot be serialised; nothing written."""
+
+    def load(self, run_id: str) -> dict[str, Any] | None:
+        """Return the latest checkpoint of ``run_id`` (fresh objects), or None if unknown."""
+
+    def history(self, run_id: str) -> list[dict[str, Any]]:
+        """Return ``{"step", "node_id", "status", "time"}`` per checkpoint, oldest first,
+        without decoding the shared stores; KeyError naming an unknown run."""
+
+    def save_items(self, run_id: str, position: str, items: dict[int, Any]) -> None:
+        """Record results by index under ``position`` (a str the core makes); upsert."""
+
+    def load_items(self, run_id: str, position: str) -> dict[int, Any]:
+        """Return every result recorded under ``position`` ({} when none)."""
+
+    def fork(self, run_id: str, step: int, new_run_id: str) -> None:
+        """Copy the checkpoints of ``run_id`` up to ``step`` under ``new_run_id`` (no item
+        results). KeyError for an unknown run or step; ValueError if ``new_run_id`` exists."""
+
+    def delete(self, run_id: str) -> None:
+        """Remove everything kept for ``run_id``; nothing happens for an unknown run."""
+
+    def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Return ``{"run_id", "step", "status", "node_id", "time"}`` per run (its latest
+        checkpoint), oldest update first; only runs with ``status`` when it is given."""
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """Where a :class:`CachePolicy` keeps node results: ``kaygraph.stores`` has
+    ``MemoryCache`` and ``SQLiteCache``, ``kaygraph.redis`` ``RedisCache``,
+    ``kaygraph.postgres`` ``PostgresCache``. Keys are str; values are stored as JSON (never
+    pickled). ``hits`` and ``misses`` count the ``get`` calls of this object."""
+
+    hits: int
+    misses: int
+
+    def get(self, key: str) -> Any:
+        """Return a fresh copy of the value stored for ``key``; KeyError on a miss."""
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` for ``key``, expiring after ``ttl`` seconds (None: never)."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; nothing happens when it is missing."""
+
+    def clear(self) -> None:
+        """Remove every entry of this cache."""
+
+
+class Interrupt(BaseException):
+    """Raised by :meth:`BaseNode.interrupt` to pause a durable run for a person.
+
+    A ``BaseException`` (like ``asyncio.CancelledError``), so retries, ``retry_on``,
+    ``exec_fallback``, ``on_error`` and ``except Exception`` never swallow it. Attributes:
+    ``run_id``, ``node_id`` and ``payload`` (what the node asked, JSON-serialisable).
+    """
+
+    def __init__(self, run_id: str, node_id: str, payload: Any) -> None:
+        super().__init__(f"run {run_id!r} interrupted at node {node_id!r}: {payload!r}")
+        self.run_id, self.node_id, self.payload = run_id, node_id, payload
 
 
 # --------------------------------------------------------------------------- BaseNode
