@@ -207,7 +207,7 @@ class Config:
         return f"Config({self._data!r})"
 
 
-# --------------------------------------------------------------------------- store and cache protocols
+# ------------------------------------------------------------------ store and cache protocols
 
 @runtime_checkable
 class Store(Protocol):
