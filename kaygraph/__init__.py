@@ -253,7 +253,7 @@ class Store(Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
-    """Where a :class:`CachePolicy` keeps node results: ``kaygraph.stores`` has
+    """Where a ``CachePolicy`` keeps node results: ``kaygraph.stores`` has
     ``MemoryCache`` and ``SQLiteCache``, ``kaygraph.redis`` ``RedisCache``,
     ``kaygraph.postgres`` ``PostgresCache``. Keys are str; values are stored as JSON (never
     pickled). ``hits`` and ``misses`` count the ``get`` calls of this object."""
@@ -275,7 +275,7 @@ class Cache(Protocol):
 
 
 class Interrupt(BaseException):
-    """Raised by :meth:`BaseNode.interrupt` to pause a durable run for a person.
+    """Raised by ``BaseNode.interrupt`` to pause a durable run for a person.
 
     A ``BaseException`` (like ``asyncio.CancelledError``), so retries, ``retry_on``,
     ``exec_fallback``, ``on_error`` and ``except Exception`` never swallow it. Attributes:
