@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +55,8 @@ def test_node_types_table_orders_the_four_node_types():
 
 
 def test_async_http_counts_match_what_the_server_did():
+    pytest.importorskip(
+        "aiohttp", reason='needs aiohttp, the `examples` extra: pip install -e ".[examples]"')
     out = run_example("async_http")
     # 30 files: 5 flaky (503 twice, then served), 2 down (503 x 3 attempts), 3 slow (timeout)
     assert re.search(r"^fetched   25 files, \d+ bytes; sha256 of every body matches", out, re.M)

@@ -11,7 +11,10 @@ import pytest
 
 from kaygraph import ParallelBatchNode
 
-distributed = pytest.importorskip("distributed")
+distributed = pytest.importorskip(
+    "distributed",
+    reason='needs Dask, the `examples` (or `scale`) extra: pip install -e ".[examples]"',
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scale_out" / "main.py"
 
