@@ -187,8 +187,26 @@ OPTIONAL = [
 )
 def test_optional_block_runs(page: Path, block: Block, tmp_path: Path) -> None:
     if importlib.util.find_spec(block.arg) is None:
-        pytest.skip(f"{block.path}:{block.line} needs {block.arg}, which is not installed")
+        extra = extra_for(block.arg)
+        how = f': pip install -e ".[{extra}]"' if extra else ""
+        pytest.skip(f"{block.path}:{block.line} needs {block.arg}, which is not installed{how}")
     check_run([block], tmp_path)
+
+
+def extra_for(module: str) -> str:
+    """The first extra in pyproject.toml whose requirements name `module`, or ""."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    extras = text.partition("[project.optional-dependencies]")[2].partition("\n[")[0]
+    for name, requirements in re.findall(r"^([\w-]+) = \[(.*)\]$", extras, re.MULTILINE):
+        if re.search(rf'"{re.escape(module)}\b', requirements):
+            return name
+    return ""
+
+
+def test_extra_for_finds_the_extra_that_installs_a_module() -> None:
+    assert extra_for("langgraph") == "bench"
+    assert extra_for("aiohttp") == "examples"
+    assert extra_for("lang") == extra_for("json") == ""
 
 
 def test_parse_rejects_bad_markers() -> None:
