@@ -672,6 +672,9 @@ def run_unprivileged(fn):
     return out[0] or None, out[1]
 
 
+# The forked child makes a store and hits the permission checks: it takes only locks it
+# made itself, so other threads of pytest cannot leave it one held.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_sqlite_read_only_file_or_folder_is_a_permission_error_naming_it():
     folder = Path(tempfile.mkdtemp(prefix="kaygraph-ro-"))
     path = folder / "runs.sqlite3"
