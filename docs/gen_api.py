@@ -123,8 +123,9 @@ def _members(cls: type) -> list[tuple[str, str, str]]:
 
 
 def _bases(cls: type) -> str:
-    names = [b.__name__ for b in cls.__bases__ if b is not object]
-    if not names or all(b.__module__ in ("builtins", "typing") for b in cls.__bases__):
+    # typing.Generic is how a class takes type parameters, not a base worth a link.
+    names = [b.__name__ for b in cls.__bases__ if b.__module__ not in ("builtins", "typing")]
+    if not names:
         return ""
     return "Bases: " + ", ".join(f"[`{n}`](#{n.lower()})" for n in names) + ".\n\n"
 

@@ -65,6 +65,8 @@ def reference_walk(scripts, edges):
         warning = None
         if edges[curr]:
             warning = f"Graph ends: '{action}' not found in {list(edges[curr])}"
+            if action is None:
+                warning += f" (node 'n{curr}' returned no action: its post returned None)"
         return walk, action, warning, False
 
 
