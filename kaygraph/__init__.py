@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextvars
 import functools
+import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -33,14 +36,15 @@ import types
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 __version__ = "0.1.0"
 __all__ = [
     "BaseNode", "Node", "BatchNode", "ParallelBatchNode",
     "AsyncNode", "AsyncBatchNode", "AsyncParallelBatchNode",
-    "MetricsNode", "ValidatedNode", "Config", "Step", "Store", "Cache", "Interrupt",
+    "MetricsNode", "ValidatedNode", "Config", "Step", "Event", "Store", "Cache", "Interrupt",
+    "CachePolicy",
     "Graph", "BatchGraph", "AsyncGraph", "AsyncBatchGraph", "AsyncParallelBatchGraph",
     "Flow", "AsyncFlow", "BatchFlow", "AsyncBatchFlow", "AsyncParallelBatchFlow",
 ]
@@ -50,6 +54,7 @@ Action = str | None
 PrepRes = TypeVar("PrepRes")  # what prep returns and exec takes
 ExecRes = TypeVar("ExecRes")  # what exec returns and post takes
 Item = TypeVar("Item")  # one item of a batch node
+_N = TypeVar("_N", bound="BaseNode[Any, Any]")  # what >> returns: its right side
 Result = TypeVar("Result")  # what exec returns for one item
 
 # The library never configures logging; users opt in with logging.basicConfig or handlers.
@@ -67,6 +72,15 @@ def _fresh(node: Any) -> Any:
     twin = object.__new__(node.__class__)
     twin.__dict__ = node.__dict__.copy()  # cheaper than __dict__.update on 3.11
     return twin
+
+
+def _drain(steps: Generator[Any, None, Any]) -> Any:
+    """Run a generator to its end and return its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _own_copy(node: Any) -> Any:
@@ -168,15 +182,30 @@ def _run_item(node: Node[Any, Any], item: Any) -> Any:
     return _fresh(node)._retry(item)
 
 
+def _run_remote(node: Node[Any, Any], pair: tuple[int, Any]) -> tuple[Any, bool]:
+    """``_run_item`` for an item of a planned batch on another process or machine: the
+    result and whether the fallback gave it (the caller's cache must not keep that)."""
+    twin = _fresh(node)
+    return twin._retry(pair[1]), twin._fell_back
+
+
+def _run_pair(node: Node[Any, Any], pair: tuple[int, Any]) -> Any:
+    """``_run_item`` for an item of a planned batch in this process (see :class:`_Items`)."""
+    return _item(_fresh(node), *pair)
+
+
 def _map_threads(node: Node[Any, Any], items: Iterable[Any], executor: cf.Executor,
-                 window: int) -> list[Any]:
-    """Run ``_run_item(node, item)`` for each item on ``executor``; results in input order.
+                 window: int, fn: Callable[[Any, Any], Any] = _run_item,
+                 results: Any = None, in_context: bool = False) -> list[Any]:
+    """Run ``fn(node, item)`` for each item on ``executor``; results in input order.
 
     At most ``window`` items are submitted and not yet finished at any time, so a huge
     generator is never materialised. The first failure cancels the futures not yet started,
-    waits for the running ones and re-raises: nothing is left running.
+    waits for the running ones and re-raises: nothing is left running. ``results`` gets
+    each result with its position (default: an :class:`_InOrder`); ``in_context`` runs
+    each item in a copy of the caller's ``contextvars`` (tracing spans keep their parent).
     """
-    results = _InOrder()
+    results = _InOrder() if results is None else results
     pending: dict[cf.Future[Any], int] = {}
 
     def collect(when: str) -> None:
@@ -186,7 +215,11 @@ def _map_threads(node: Node[Any, Any], items: Iterable[Any], executor: cf.Execut
 
     try:
         for i, item in enumerate(items):
-            pending[executor.submit(_run_item, node, item)] = i
+            if in_context:
+                fut = executor.submit(contextvars.copy_context().run, fn, node, item)
+            else:
+                fut = executor.submit(fn, node, item)
+            pending[fut] = i
             if len(pending) >= window:
                 collect(cf.FIRST_COMPLETED)
         while pending:
@@ -196,21 +229,22 @@ def _map_threads(node: Node[Any, Any], items: Iterable[Any], executor: cf.Execut
         # marked done by an executor that is busy with other work.
         cf.wait([fut for fut in pending if not fut.cancel()])
         raise
-    return results.done
+    return results.done  # type: ignore[no-any-return]
 
 
 async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any],
-                     limit: int | None) -> list[Any]:
+                     limit: int | None, results: Any = None) -> list[Any]:
     """Await ``fn(item)`` for each item concurrently, at most ``limit`` at a time (None: all).
 
-    Results come back in input order. ``limit`` workers pull from one iterator, so a bounded
-    run never materialises its input. The first failure cancels every unfinished item, stops
-    the pulling at once (also when an item absorbs its cancellation) and re-raises once they
-    have all stopped: no task is left running. ``limit`` is checked here, where it is used.
+    Results come back in input order (``results`` as in :func:`_map_threads`). ``limit``
+    workers pull from one iterator, so a bounded run never materialises its input. The
+    first failure cancels every unfinished item, stops the pulling at once (also when an
+    item absorbs its cancellation) and re-raises once they have all stopped: no task is
+    left running. ``limit`` is checked here, where it is used.
     """
     _check("max_concurrency", limit, 1, optional=True)
     stopped = False
-    results = _InOrder()
+    results = _InOrder() if results is None else results
 
     def pull() -> Iterator[tuple[int, Any]]:
         for pair in enumerate(items):
@@ -220,24 +254,134 @@ async def _map_tasks(fn: Callable[[Any], Awaitable[Any]], items: Iterable[Any],
 
     source = pull()
 
+    async def one(i: int, item: Any) -> None:
+        results.put(i, await fn(item))
+
     async def worker() -> None:
         for i, item in source:
             results.put(i, await fn(item))
 
     tasks: list[asyncio.Future[Any]] = []
     try:  # the source may raise while tasks are being made: they are cleaned up too
-        if limit is None:  # one task per item; gather keeps the order
-            tasks.extend(asyncio.ensure_future(fn(item)) for _, item in source)
+        if limit is None:  # one task per item
+            tasks.extend(asyncio.ensure_future(one(i, item)) for i, item in source)
         else:  # `limit` workers share the source, so a huge input is never materialised
             tasks.extend(asyncio.ensure_future(worker()) for _ in range(limit))
-        done = await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks)
     except BaseException:
         stopped = True
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return done if limit is None else results.done
+    return results.done  # type: ignore[no-any-return]
+
+
+class _Items:
+    """The items of one batch step that is observed, durable or cached: which items run,
+    and where their results go. With ``checkpoint_items`` in a durable run, the results
+    recorded by an earlier run of the step are taken instead of run again, and new ones
+    are recorded in a few writes a second. For an executor in other processes
+    (``remote``) the cache is consulted here, in the calling process, and the item events
+    are reported here. ``items`` yields ``(index, item)`` for the items to run."""
+
+    FLUSH = 0.2  # seconds between two writes of item results
+
+    def __init__(self, node: Node[Any, Any], items: Iterable[Any], remote: bool) -> None:
+        frame = node._frame
+        self.node, self.frame, self.remote = node, frame, remote
+        self.record = bool(frame is not None and frame.run.store is not None
+                           and not frame.detached and node.checkpoint_items)
+        self.key = f"{node._step_key}#items"
+        self.known: dict[int, Any] = frame.run.recall_all(self.key) if self.record else {}  # type: ignore[union-attr]
+        self.new: dict[int, Any] = {}
+        self.todo: list[int] = []  # the index of each item run, in the order pulled
+        self.buffer: dict[int, Any] = {}
+        self.keys: dict[int, str] = {}  # remote: the cache key of each item run
+        self.total, self.flushed = 0, time.monotonic()
+        self.items = self._pull(items)
+
+    def _pull(self, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        node = self.node
+        policy = node.cache_policy if self.remote else None
+        for i, item in enumerate(items):
+            self.total = i + 1
+            if i in self.known:
+                continue
+            if policy is not None:
+                key = policy.key_for(node, item)
+                found = policy.lookup(node, key)
+                if found:
+                    self.known[i] = found[0]
+                    continue
+                self.keys[i] = key
+            self.todo.append(i)
+            yield i, item
+
+    def put(self, j: int, result: Any) -> None:
+        i = self.todo[j]
+        if self.remote:
+            result, fell_back = result
+            key = self.keys.pop(i, None)
+            if key is not None and not fell_back:
+                self.node.cache_policy.store(self.node, key, result)  # type: ignore[union-attr]
+            if self.frame is not None:
+                self.frame.run.emit("item_end", self.frame, self.node.node_id, item_index=i)
+        self.new[i] = result
+        if self.record:
+            self.buffer[i] = result
+            if time.monotonic() - self.flushed >= self.FLUSH:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.frame.run.items(self.key, self.buffer)  # type: ignore[union-attr]
+            self.buffer = {}
+        self.flushed = time.monotonic()
+
+    def result(self) -> list[Any]:
+        self.flush()
+        known, new = self.known, self.new
+        return [known[i] if i in known else new[i] for i in range(self.total)]
+
+
+def _item(node: Node[Any, Any], index: int, item: Any) -> Any:
+    """Run one item of a planned batch on ``node`` (its copy, for parallel items), in the
+    context that runs it, so its events and spans nest under the step's."""
+    frame, policy = node._frame, node.cache_policy
+    if frame is None:
+        return node._retry(item) if policy is None else policy.call(node, item)
+    node._index, start = index, time.perf_counter()
+    frame.run.emit("item_start", frame, node.node_id, item_index=index)
+    try:
+        result = node._retry(item) if policy is None else policy.call(node, item)
+    except BaseException as exc:
+        frame.run.emit("item_end", frame, node.node_id, item_index=index, error=exc,
+                       seconds=time.perf_counter() - start)
+        raise
+    frame.run.emit("item_end", frame, node.node_id, item_index=index,
+                   seconds=time.perf_counter() - start)
+    return result
+
+
+async def _item_async(node: AsyncNode[Any, Any], index: int, item: Any) -> Any:
+    """The async twin of :func:`_item`."""
+    frame, policy = node._frame, node.cache_policy
+    if frame is None:
+        return await (node._retry_async(item) if policy is None
+                      else policy.call_async(node, item))
+    node._index, start = index, time.perf_counter()
+    frame.run.emit("item_start", frame, node.node_id, item_index=index)
+    try:
+        result = await (node._retry_async(item) if policy is None
+                        else policy.call_async(node, item))
+    except BaseException as exc:
+        frame.run.emit("item_end", frame, node.node_id, item_index=index, error=exc,
+                       seconds=time.perf_counter() - start)
+        raise
+    frame.run.emit("item_end", frame, node.node_id, item_index=index,
+                   seconds=time.perf_counter() - start)
+    return result
 
 
 # --------------------------------------------------------------------------- Config
@@ -375,6 +519,546 @@ class Interrupt(BaseException):
         self.run_id, self.node_id, self.payload = run_id, node_id, payload
 
 
+# ----------------------------------------------------------------- runs: checkpoints and events
+
+class Event(NamedTuple):
+    """What a listener gets, from every kind of run (sync, async, nested, batch, durable).
+
+    ``kind``: ``"run_start"``, ``"run_end"``, ``"step_start"``, ``"step_end"``,
+    ``"item_start"``, ``"item_end"``, ``"attempt_failed"``, ``"interrupt"`` or ``"error"``.
+    ``run_id`` (None for a run without a store); ``path``: the node ids from the top graph
+    down to ``node_id`` (a tuple of str); ``action`` (step_end, run_end); ``seconds``
+    (wall time of the step, item or run); ``item_index`` (the item's index in its batch);
+    ``attempt`` (1-based, attempt_failed) and ``delay`` (seconds before the next attempt;
+    None: no more attempts); ``error`` (the exception, when one ended the step, item,
+    attempt or run); ``payload`` (interrupt).
+    """
+
+    kind: str
+    run_id: str | None
+    path: tuple[str, ...]
+    node_id: str
+    action: Action = None
+    seconds: float | None = None
+    item_index: int | None = None
+    attempt: int | None = None
+    delay: float | None = None
+    error: BaseException | None = None
+    payload: Any = None
+
+
+_log = logging.getLogger("kaygraph")
+class _Sentinel:
+    """A marker default with a stable repr (for ``help()`` and the API reference)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_NO_VALUE: Any = _Sentinel("<no value>")  # resume(value=...) not given
+_FRESH: Any = _Sentinel("<fresh run>")  # a run, not a resume
+_STATUSES = ("running", "interrupted", "done", "failed")
+
+
+def _graphs(graph: Graph) -> Iterator[tuple[Graph, dict[str, BaseNode[Any, Any]]]]:
+    """Each graph reachable from ``graph`` (itself first) with its nodes by id; ValueError
+    naming the ids that two nodes of one graph share (a durable run finds nodes by id)."""
+    nodes: dict[str, BaseNode[Any, Any]] = {}
+    queue = deque([graph.start_node] if graph.start_node is not None else [])
+    while queue:
+        node = queue.popleft()
+        if nodes.get(node.node_id) is node:
+            continue
+        if node.node_id in nodes:
+            raise ValueError(f"graph {graph.node_id!r} has two nodes with the id "
+                             f"{node.node_id!r} ({nodes[node.node_id]!r} and {node!r}); a "
+                             f"durable run needs unique ids: pass node_id='...' to tell them "
+                             f"apart")
+        nodes[node.node_id] = node
+        queue.extend(s for s in node.successors.values() if s is not None)
+    yield graph, nodes
+    for node in nodes.values():
+        if isinstance(node, Graph):
+            yield from _graphs(node)
+
+
+def _fingerprint(graph: Graph) -> str:
+    """The node ids and edges of every graph in ``graph``, one sorted line each."""
+    lines = set()
+    for g, nodes in _graphs(graph):
+        for node_id, node in nodes.items():
+            lines.add(f"{g.node_id}: node {node_id}")
+            lines.update(f"{g.node_id}: {node_id} -{a}-> {s and s.node_id}"
+                         for a, s in node.successors.items())
+    return "\n".join(sorted(lines))
+
+
+class _Frame:
+    """One level of a run: the walk of one graph (``graph`` id, batch ``index``), with the
+    steps it has ``done`` and the id of the node it runs ``next``. ``parent`` is the frame
+    that runs this graph as a step (the root frame for the top graph). A ``detached`` frame
+    is a run of a concurrent batch graph: it reports events but makes no checkpoints."""
+
+    __slots__ = ("run", "parent", "graph", "index", "done", "next", "detached", "at", "t0")
+
+    def __init__(self, run: _Run, parent: _Frame | None, graph: str, index: int | None,
+                 detached: bool = False) -> None:
+        self.run, self.parent, self.graph, self.index = run, parent, graph, index
+        self.done, self.detached = 0, detached
+        self.next: str | None = None
+        self.at: tuple[int, str | None] | None = None  # (done, next) to resume at
+        self.t0 = 0.0
+
+    def chain(self) -> list[_Frame]:
+        frames, f = [], self
+        while f.parent is not None:
+            frames.append(f)
+            f = f.parent
+        return frames[::-1]
+
+    def position(self) -> list[list[Any]]:
+        return [[f.graph, f.index, f.done, f.next] for f in self.chain()]
+
+    def path(self, node_id: str) -> tuple[str, ...]:
+        return (*(f.graph for f in self.chain()), node_id)
+
+    def key(self) -> str:
+        """Names the step running now, the same on a re-run: journal and items go there."""
+        return "/".join(f"{f.graph}[{f.index}]{f.done}" for f in self.chain()) + f"/{self.next}"
+
+    def open(self, graph: Graph, index: int | None, detached: bool) -> _Frame:
+        """The frame of ``graph``'s walk run by a step of this frame; it takes the saved
+        position when the run resumes there."""
+        run = self.run
+        frame = _Frame(run, self, graph.node_id, index, detached or self.detached)
+        if run.resume and not frame.detached and run.resume[0][:2] == [graph.node_id, index]:
+            _, _, done, nxt = run.resume.pop(0)
+            frame.at = (done, nxt)
+            if not run.resume:
+                run.resumed = True
+        return frame
+
+    def before(self, node: BaseNode[Any, Any]) -> None:
+        run = self.run
+        node._frame, self.next, self.t0 = self, node.node_id, time.perf_counter()
+        if not self.detached:
+            run.last, run.asked = self, 0
+            if run.store is not None:
+                node._step_key, node._key = self.key(), f"{run.run_id}:{run.step + 1}"
+                if run.resumed:  # the first step after a resume may find its own results
+                    run.resumed, run.resumed_key = False, node._step_key
+                if not isinstance(node, Graph) and not getattr(node, "checkpoint_items", 0):
+                    _journal(node)
+        run.emit("step_start", self, node.node_id)
+
+    def after(self, node: BaseNode[Any, Any], action: Action, nxt: BaseNode[Any, Any] | None,
+              shared: Shared) -> None:
+        run = self.run
+        self.done += 1
+        self.next = None if nxt is None else nxt.node_id
+        if not self.detached:
+            run.answers, run.last_node = [], node.node_id  # the answers were for this step
+            if run.resumed_key and node.__dict__.get("_step_key") == run.resumed_key:
+                run.resumed_key = ""  # the resumed step is done: no more look-ups
+            run.checkpoint("running", shared, node.node_id, action, self.position())
+        run.emit("step_end", self, node.node_id, action=action,
+                 seconds=time.perf_counter() - self.t0)
+
+    def batch(self, graph: Graph, items: Iterable[Any], concurrent: bool = False
+              ) -> Iterator[tuple[int, Any]]:
+        """The (index, params) a batch graph run by this frame walks. A durable run keeps
+        the params list, so a resume walks the same one from its saved index; the runs
+        of a concurrent batch graph that completed are not walked again."""
+        run = self.run
+        if run.store is None or self.detached:
+            return enumerate(items)
+        key = f"{graph._step_key}#batch"
+        inside = bool(run.resume) and run.resume[0][0] == graph.node_id  # resumes in a run
+        saved = run.store.load_items(str(run.run_id), key) if inside else run.recall_all(key)
+        if 0 in saved:
+            params = saved[0]
+        else:
+            params = list(items)
+            run.items(key, {0: params})
+        done = run.recall_all(f"{graph._step_key}#runs") if concurrent else {}
+        start = (run.resume[0][1] or 0) if inside else 0
+        return ((i, p) for i, p in islice(enumerate(params), start, None) if i not in done)
+
+    def ran(self, graph: Graph, index: int, shared: Shared) -> None:
+        """A run of a concurrent batch graph completed: checkpoint the shared store, then
+        mark the run done (in that order: a crash between re-runs it, never loses it)."""
+        run = self.run
+        if run.store is not None and not self.detached:
+            run.checkpoint("running", shared, graph.node_id, None, self.position())
+            run.items(f"{graph._step_key}#runs", {index: True})
+
+
+def _journal(node: Any) -> None:
+    """Record ``exec``'s result as soon as it returns, before ``post``: a re-run of this
+    step (a crash or an error in ``post``, an interrupt) takes it instead of running
+    ``exec`` again. Set on the step's copy only, so a plain run pays nothing for it."""
+    run, key = node._frame.run, f"{node._step_key}#exec"
+    if node._is_async:
+        inner_async = node._exec_async
+
+        async def exec_async(prep_res: Any) -> Any:
+            found = run.recall(key)
+            return found[0] if found else run.journal(key, await inner_async(prep_res))
+        node._exec_async = exec_async
+    else:
+        inner = node._exec
+
+        def exec_(prep_res: Any) -> Any:
+            found = run.recall(key)
+            return found[0] if found else run.journal(key, inner(prep_res))
+        node._exec = exec_
+
+
+class _Run:
+    """What every level of one durable and/or observed run shares: the store and its
+    compare-and-set step, the listeners, the position that the run is at, and the
+    answers to an interrupt. A plain run has none (``node._frame`` stays None)."""
+
+    def __init__(self, graph: Graph, run_id: str | None, store: Store | None,
+                 durability: str, listeners: Iterable[Callable[[Event], Any]]) -> None:
+        if (run_id is None) != (store is None):
+            raise TypeError(f"a durable run needs both run_id and store, got run_id={run_id!r} "
+                            f"and store={store!r}")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise TypeError(f"run_id must be a non-empty str, got {run_id!r}")
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(f"store must be a Store (e.g. kaygraph.stores.SQLiteStore), got "
+                            f"{store!r} ({type(store).__name__})")
+        if durability not in ("sync", "exit"):
+            raise ValueError(f"durability must be 'sync' or 'exit', got {durability!r}")
+        self.listeners = (*graph.listeners, *listeners)
+        for listener in self.listeners:
+            if not callable(listener):
+                raise TypeError(f"a listener must be callable with an Event, got {listener!r}")
+        self.run_id, self.store, self.sync = run_id, store, durability == "sync"
+        self.fingerprint = "" if store is None else _fingerprint(graph)
+        self.step = 0  # the number of the last checkpoint made (with "exit", maybe unwritten)
+        self.saved: int | None = None  # the last checkpoint in the store: compare-and-set
+        self.root = _Frame(self, None, "", None)
+        self.last = self.root  # the frame whose step runs now: where a failure is recorded
+        self.resume: list[list[Any]] = []  # the saved position still to reach
+        self.resumed, self.resumed_key = False, ""
+        self.answers: list[Any] = []  # interrupt answers, matched in order by the step
+        self.asked = 0
+        self.pending: dict[str, dict[int, Any]] = {}  # "exit": item writes kept for the end
+        self.params: dict[str, Any] = {}
+        self.last_node: str | None = None  # the node of the last completed step
+        self.done_action: Action = None  # what a resumed run that was done ended with
+        self.quiet: set[int] = set()  # listeners that raised once (logged once)
+        self.t0 = time.perf_counter()
+
+    def emit(self, kind: str, frame: _Frame, node_id: str, **fields: Any) -> None:
+        """Hand an Event to every listener; a listener's error is logged once (per listener)
+        and the run goes on, unless the listener has ``strict = True``."""
+        if not self.listeners:
+            return
+        event = Event(kind, self.run_id, frame.path(node_id), node_id, **fields)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                if getattr(listener, "strict", False):
+                    raise
+                if id(listener) not in self.quiet:
+                    self.quiet.add(id(listener))
+                    _log.exception("listener %r raised on %s; the run goes on (further errors "
+                                   "of this listener are not logged)", listener, kind)
+
+    # -- the store
+    def checkpoint(self, status: str, shared: Shared, node_id: str | None, action: Action,
+                   position: list[list[Any]], **extra: Any) -> None:
+        self.step += 1
+        if self.store is None or (status == "running" and not self.sync):
+            return
+        for key, items in self.pending.items():  # "exit": the item writes kept until now
+            self.store.save_items(self.run_id, key, items)  # type: ignore[arg-type]
+        self.pending = {}
+        self.store.save({
+            "run_id": self.run_id, "step": self.step, "status": status, "node_id": node_id,
+            "position": position, "shared": shared, "params": self.params, "action": action,
+            "error": extra.get("error"), "interrupt": extra.get("interrupt"),
+            "fingerprint": self.fingerprint, "time": time.time()}, self.saved)
+        self.saved = self.step
+
+    def items(self, key: str, results: dict[int, Any]) -> None:
+        if self.sync:
+            self.store.save_items(self.run_id, key, results)  # type: ignore[union-attr,arg-type]
+        else:
+            self.pending.setdefault(key, {}).update(results)
+
+    def recall_all(self, key: str) -> dict[int, Any]:
+        """What an earlier run of the step being resumed recorded under ``key`` ({} when
+        none); only that step looks, so a run without a crash never reads."""
+        if not self.resumed_key or not key.startswith(self.resumed_key):
+            return {}
+        return self.store.load_items(self.run_id, key)  # type: ignore[union-attr,arg-type]
+
+    def recall(self, key: str) -> list[Any]:
+        """``[result]`` journaled under ``key`` by an earlier run of this step, or ``[]``."""
+        found = self.recall_all(key)
+        return [found[0]] if 0 in found else []
+
+    def journal(self, key: str, result: Any) -> Any:
+        try:
+            self.items(key, {0: result})
+        except TypeError:  # a result JSON cannot hold: not journaled, post still gets it
+            _log.debug("exec result under %r not journaled: not serialisable", key)
+        return result
+
+    # -- start and end
+    def begin(self, graph: Graph, shared: Shared, value: Any = _FRESH) -> str | None:
+        """Set up ``graph`` (the run's copy of the top graph); for a resume (``value`` not
+        ``_FRESH``), load the last checkpoint into ``shared`` and return its status."""
+        graph._frame, graph._step_key = self.root, ""
+        status: str | None = None
+        resume = value is not _FRESH
+        if self.store is not None:
+            cp = self.store.load(self.run_id)  # type: ignore[arg-type]
+            if not resume and cp is not None:
+                raise ValueError(f"run {self.run_id!r} already has checkpoints (status "
+                                 f"{cp['status']!r}): resume it, or store.delete it first")
+            if resume:
+                status = self._restore(cp, shared, value)
+                graph.params = self.params
+            self.params = graph.params
+        elif resume:
+            raise TypeError("resume needs run_id and store")
+        self.emit("run_start", self.root, graph.node_id)
+        return status
+
+    def _restore(self, cp: dict[str, Any] | None, shared: Shared, value: Any) -> str:
+        if cp is None:
+            raise KeyError(f"no run {self.run_id!r} in {self.store!r}")
+        status = cp["status"]
+        if cp["fingerprint"] != self.fingerprint:
+            saved, now = set(cp["fingerprint"].split("\n")), set(self.fingerprint.split("\n"))
+            first = min(saved ^ now)
+            raise ValueError(f"run {self.run_id!r} was checkpointed with a different graph: "
+                             f"{first!r} is only in the {'saved' if first in saved else 'new'} "
+                             f"graph")
+        if status == "interrupted":
+            if value is _NO_VALUE:
+                raise ValueError(f"run {self.run_id!r} is interrupted at node "
+                                 f"{cp['node_id']!r}: resume it with value=<the answer>")
+            self.answers = [*cp["interrupt"]["answers"], value]
+        elif value is not _NO_VALUE:
+            raise ValueError(f"run {self.run_id!r} is {status}, not interrupted: there is no "
+                             f"question to answer with value={value!r}")
+        shared.clear()
+        shared.update(cp["shared"])
+        self.step = self.saved = cp["step"]
+        self.resume, self.resumed = cp["position"], not cp["position"]
+        self.params, self.done_action = cp["params"], cp["action"]
+        return str(status)
+
+    def end(self, shared: Shared, action: Action) -> None:
+        self.checkpoint("done", shared, self.last_node, action, [])
+        self.emit("run_end", self.root, self.root.graph, action=action,
+                  seconds=time.perf_counter() - self.t0)
+
+    def fail(self, shared: Shared, exc: BaseException) -> None:
+        """Record why the run stopped, at the step that was running: ``interrupted`` or
+        ``failed`` (``running`` for an early exit under ``"exit"``)."""
+        last = self.last
+        node_id, position = last.next, last.position()
+        try:
+            if isinstance(exc, Interrupt):
+                self.emit("interrupt", last, exc.node_id, payload=exc.payload)
+                self.checkpoint("interrupted", shared, exc.node_id, None, position, interrupt={
+                    "payload": exc.payload, "answers": self.answers[:self.asked]})
+            elif isinstance(exc, Exception):
+                self.emit("error", last, node_id or "", error=exc)
+                self.checkpoint("failed", shared, node_id, None, position, error={
+                    "type": type(exc).__name__, "message": str(exc)})
+            elif not self.sync:
+                self.checkpoint("running", shared, node_id, None, position)
+        except Exception as save_error:  # keep the run's own error; say why nothing was saved
+            _note(exc, f"kaygraph: run {self.run_id!r} could not record it: {save_error}")
+        self.emit("run_end", self.root, self.root.graph, error=exc,
+                  seconds=time.perf_counter() - self.t0)
+
+
+# --------------------------------------------------------------------------- the node result cache
+
+class _Abandoned(Exception):
+    """The call a waiter waited for was cancelled or interrupted: the waiter runs its own."""
+
+
+_flights: dict[tuple[int, str], cf.Future[Any]] = {}  # (id(cache), key) -> the call in flight
+_flights_lock = threading.Lock()
+
+
+class CachePolicy:
+    """Cache a node's ``exec`` results (per item for batch types): a hit skips ``exec`` and
+    its retries.
+
+    ``CachePolicy(cache, *, ttl=None, key=None, version="", on_error="raise")``, as a class
+    attribute ``cache_policy = CachePolicy(...)`` or the node keyword ``cache_policy=``.
+    ``cache``: a :class:`Cache` (``kaygraph.stores.MemoryCache``, ``SQLiteCache``, ...);
+    ``ttl``: seconds (> 0) an entry lives, None: no expiry. The key is the SHA-256 of the
+    canonical JSON (sorted keys, no spaces) of the node class's qualified name, ``version``
+    and ``prep_res`` (the item for batch types), or of what ``key(prep_res)`` returns (a
+    str) instead of ``prep_res``; so a new ``version`` misses every old entry. Values are
+    stored as JSON, never pickled. A miss runs ``exec`` and stores its result; a fallback
+    result is not stored. Concurrent calls with one key (threads or tasks) run ``exec``
+    once and share its result or error (single flight). A backend that fails (down) raises
+    its error, unless ``on_error="miss"``: then it counts as a miss, logged once. Raises
+    TypeError / ValueError naming the argument for bad arguments, and TypeError naming the
+    node for a ``prep_res`` JSON cannot hold (pass ``key=``), a key function that does not
+    return a str, or a result JSON cannot hold.
+    """
+
+    def __init__(self, cache: Cache, *, ttl: float | None = None,
+                 key: Callable[[Any], str] | None = None, version: str = "",
+                 on_error: str = "raise") -> None:
+        if not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a Cache (e.g. kaygraph.stores.MemoryCache), got "
+                            f"{cache!r} ({type(cache).__name__})")
+        _check("ttl", ttl, 0, float, optional=True, above=True)
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a callable prep_res -> str, got {key!r}")
+        if not isinstance(version, str):
+            raise TypeError(f"version must be a str, got {version!r}")
+        if on_error not in ("raise", "miss"):
+            raise ValueError(f"on_error must be 'raise' or 'miss', got {on_error!r}")
+        self.cache, self.ttl, self.key, self.version = cache, ttl, key, version
+        self.on_error, self._warned = on_error, False
+
+    def __repr__(self) -> str:
+        return f"CachePolicy({self.cache!r}, ttl={self.ttl!r}, version={self.version!r})"
+
+    def key_for(self, node: BaseNode[Any, Any], prep_res: Any) -> str:
+        """The cache key (64 hex digits) of ``prep_res`` for ``node``."""
+        part = prep_res
+        if self.key is not None:
+            part = self.key(prep_res)
+            if not isinstance(part, str):
+                raise TypeError(f"node {node.node_id!r}: the cache key function returned "
+                                f"{part!r} ({type(part).__name__}); it must return a str")
+        try:
+            text = json.dumps([type(node).__qualname__, self.version, part], sort_keys=True,
+                              separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"node {node.node_id!r}: its cache key needs prep_res as JSON, "
+                            f"which cannot hold {type(part).__name__} ({exc}); pass "
+                            f"CachePolicy(key=...) to make the key yourself") from exc
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _backend(self, exc: Exception, what: str) -> None:
+        if self.on_error == "raise" or isinstance(exc, TypeError):
+            raise exc
+        if not self._warned:
+            self._warned = True
+            _log.warning("cache %r failed on %s (%r); on_error='miss': counted as misses "
+                         "(logged once)", self.cache, what, exc)
+
+    def lookup(self, node: Node[Any, Any], key: str, count: bool = True) -> list[Any]:
+        """``[value]`` on a hit, ``[]`` on a miss (counted in a MetricsNode's stats)."""
+        try:
+            found = [self.cache.get(key)]
+        except KeyError:
+            found = []
+        except Exception as exc:
+            self._backend(exc, "get")
+            found = []
+        if count and isinstance(node, MetricsNode) and node.collect_metrics:
+            with _metrics_lock:
+                node.metrics["cache_hits" if found else "cache_misses"] += 1
+        return found
+
+    def store(self, node: Node[Any, Any], key: str, value: Any) -> None:
+        """Keep ``value`` for ``key`` (for ``ttl`` seconds)."""
+        try:
+            self.cache.set(key, value, self.ttl)
+        except TypeError as exc:
+            raise TypeError(f"node {node.node_id!r}: its result cannot be cached: {exc}") from exc
+        except Exception as exc:
+            self._backend(exc, "set")
+
+    def call(self, node: Node[Any, Any], item: Any,
+             compute: Callable[[Any], Any] | None = None) -> Any:
+        """Run ``compute(item)`` (default: ``node``'s retry loop) through the cache."""
+        key = self.key_for(node, item)
+        while True:
+            found = self.lookup(node, key)
+            if found:
+                return found[0]
+            flight, mine = self._take_off(node, key)
+            if mine:
+                break
+            try:
+                return flight.result()
+            except _Abandoned:
+                continue
+        try:
+            result = (compute or node._retry)(item)
+        except BaseException as exc:
+            self._land(node, key, flight, exc=exc)
+            raise
+        return self._land(node, key, flight, result)
+
+    async def call_async(self, node: AsyncNode[Any, Any], item: Any,
+                         compute: Callable[[Any], Awaitable[Any]] | None = None) -> Any:
+        """The async twin of :meth:`CachePolicy.call`; a waiter awaits the call in flight."""
+        key = self.key_for(node, item)
+        while True:
+            found = self.lookup(node, key)
+            if found:
+                return found[0]
+            flight, mine = self._take_off(node, key)
+            if mine:
+                break
+            try:
+                return await asyncio.wrap_future(flight)
+            except _Abandoned:
+                continue
+        try:
+            result = await (compute or node._retry_async)(item)
+        except BaseException as exc:
+            self._land(node, key, flight, exc=exc)
+            raise
+        return self._land(node, key, flight, result)
+
+    def _take_off(self, node: Node[Any, Any], key: str) -> tuple[cf.Future[Any], bool]:
+        with _flights_lock:
+            flight = _flights.get((id(self.cache), key))
+            if flight is not None:
+                return flight, False
+            flight = _flights[(id(self.cache), key)] = cf.Future()
+        # Checked again (uncounted): the call before ours may have landed in between.
+        found = self.lookup(node, key, count=False)
+        if found:
+            self._land(node, key, flight, found[0], keep=False)
+            return flight, False
+        node._fell_back = False
+        return flight, True
+
+    def _land(self, node: Node[Any, Any], key: str, flight: cf.Future[Any],
+              result: Any = None, exc: BaseException | None = None, keep: bool = True) -> Any:
+        try:
+            if exc is None and keep and not node._fell_back:
+                self.store(node, key, result)
+        except BaseException as store_error:
+            exc = store_error
+            raise
+        finally:
+            with _flights_lock:
+                del _flights[(id(self.cache), key)]
+            if exc is None:
+                flight.set_result(result)
+            else:
+                flight.set_exception(exc if isinstance(exc, Exception) else _Abandoned())
+        return result
+
+
 # --------------------------------------------------------------------------- BaseNode
 
 _PHASES = ("prep", "exec", "post", "exec_fallback")
@@ -430,13 +1114,19 @@ class BaseNode(Generic[PrepRes, ExecRes]):
     """
 
     _is_async = False
-    _hooked = False  # True when a class overrides before_prep or after_exec
+    _hooked = False  # True when a class overrides before_prep or after_exec, or caches
+    # Set on a step's copy in an observed or durable run only (class defaults otherwise).
+    _frame: _Frame | None = None  # the level of the run this copy runs in
+    _step_key = ""  # where the step's journal and item results go in the store
+    _key: str | None = None  # its idempotency key
+    _index: int | None = None  # the item's index, on the copy that runs one item
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Skipping the two no-op hook calls saves a measurable part of each graph step.
         cls._hooked = (cls.before_prep is not BaseNode.before_prep
-                       or cls.after_exec is not BaseNode.after_exec)
+                       or cls.after_exec is not BaseNode.after_exec
+                       or getattr(cls, "cache_policy", None) is not None)
         _check_class(cls)
         init = cls.__dict__.get("__init__")
         if init is not None and cls.__module__ != __name__:
@@ -448,7 +1138,7 @@ class BaseNode(Generic[PrepRes, ExecRes]):
             raise TypeError(f"node_id must be a str, got {node_id!r} ({type(node_id).__name__})")
         self.node_id: str = node_id or type(self).__name__
         self.params: dict[str, Any] = {}
-        self.successors: dict[str, BaseNode[Any, Any]] = {}
+        self.successors: dict[str, BaseNode[Any, Any] | None] = {}
         self.config: Config = config if isinstance(config, Config) else Config(config)
         self.logger = logging.getLogger(f"kaygraph.{type(self).__name__}")
 
@@ -463,13 +1153,15 @@ class BaseNode(Generic[PrepRes, ExecRes]):
                             f"({type(params).__name__})")
         self.params = params
 
-    def next(self, node: BaseNode[Any, Any], action: str = "default") -> BaseNode[Any, Any]:
+    def next(self, node: _N, action: str = "default") -> _N:
         """Register ``node`` as the successor for ``action`` and return ``node``.
 
-        Re-registering an action warns (``UserWarning``) and replaces it. Raises TypeError
-        when ``node`` is not a BaseNode or ``action`` is not a str.
+        ``None`` marks ``action`` as an explicit end of the walk (no warning when a node
+        returns it), as in PocketFlow. Re-registering an action warns (``UserWarning``) and
+        replaces it. Raises TypeError when ``node`` is not a BaseNode or None, or ``action``
+        is not a str.
         """
-        if not isinstance(node, BaseNode):
+        if node is not None and not isinstance(node, BaseNode):
             raise TypeError(f"next(node=...) needs a BaseNode, got {node!r} "
                             f"({type(node).__name__}) for action {action!r} of {self!r}")
         if not isinstance(action, str):
@@ -479,7 +1171,7 @@ class BaseNode(Generic[PrepRes, ExecRes]):
         self.successors[action] = node
         return node
 
-    def __rshift__(self, other: BaseNode[Any, Any]) -> BaseNode[Any, Any]:
+    def __rshift__(self, other: _N) -> _N:
         """``a >> b`` registers ``b`` for the ``"default"`` action and returns ``b``."""
         return self.next(other)
 
@@ -533,13 +1225,18 @@ class BaseNode(Generic[PrepRes, ExecRes]):
     def _exec(self, prep_res: Any) -> Any:
         return self.exec(prep_res)
 
+    def _exec_hooked(self, prep_res: Any) -> Any:
+        # The exec of a step that takes the slower path (hooks, a cache): here, not in
+        # _exec, so that a plain step never even looks for a cache policy.
+        return self._exec(prep_res)
+
     def _run(self, shared: Shared) -> Action:
         hooked = self._hooked
         try:
             if hooked:
                 self.before_prep(shared)
             prep_res = self.prep(shared)
-            exec_res = self._exec(prep_res)
+            exec_res = self._exec_hooked(prep_res) if hooked else self._exec(prep_res)
             if hooked:
                 self.after_exec(shared, prep_res, exec_res)
             return self.post(shared, prep_res, exec_res)
@@ -562,6 +1259,31 @@ class BaseNode(Generic[PrepRes, ExecRes]):
         self._warn_alone("a Graph")
         return _own_copy(self)._run(shared)  # type: ignore[no-any-return]
 
+    # -- durable runs
+    def interrupt(self, payload: Any) -> Any:
+        """Pause the durable run for a person: raise :class:`Interrupt` with ``payload``
+        (JSON-serialisable); after ``graph.resume(..., value=answer)`` the node runs again
+        from ``prep`` and this call returns ``answer`` (several calls in one step are
+        answered in order). Any phase may call it. RuntimeError outside a durable run."""
+        frame = self._frame
+        if frame is None or frame.run.store is None:
+            raise RuntimeError(f"node {self.node_id!r}: interrupt needs a durable run: pass "
+                               f"run_id= and store= to the graph's run")
+        run = frame.run
+        if run.asked < len(run.answers):
+            run.asked += 1
+            return run.answers[run.asked - 1]
+        raise Interrupt(run.run_id, self.node_id, payload)  # type: ignore[arg-type]
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"RUN_ID:STEP"`` while a step of a durable run runs, the same when the step runs
+        again after a crash: hand it to an API that deduplicates. RuntimeError otherwise."""
+        if self._key is None:
+            raise RuntimeError(f"node {self.node_id!r}: idempotency_key exists only while a "
+                               f"durable run (run_id= and store=) runs the node")
+        return self._key
+
     def run_async(self, shared: Shared) -> Awaitable[Action]:
         """Only async nodes and graphs have it: TypeError naming the class to use instead."""
         kind = "AsyncGraph" if isinstance(self, Graph) else "AsyncNode"
@@ -583,7 +1305,7 @@ class _Transition:
     def __init__(self, src: BaseNode[Any, Any], action: str) -> None:
         self.src, self.action = src, action
 
-    def __rshift__(self, other: BaseNode[Any, Any]) -> BaseNode[Any, Any]:
+    def __rshift__(self, other: _N) -> _N:
         return self.src.next(other, self.action)
 
 
@@ -616,14 +1338,28 @@ class Node(BaseNode[PrepRes, ExecRes]):
     # Class-level defaults keep instances small, so the per-step copy stays cheap.
     cur_retry = 0
     timeout: float | None = None
+    cache_policy: CachePolicy | None = None
+    checkpoint_items = False
+    _fell_back = False  # True once exec_fallback gave the result (never cached)
 
     def __init__(self, max_retries: int = 1, wait: float = 0, node_id: str | None = None,
                  config: Config | dict[str, Any] | None = None, *, backoff: float = 1.0,
                  max_wait: float | None = None, jitter: float = 0.0,
                  retry_on: type[BaseException] | tuple[type[BaseException], ...]
                  | Callable[[BaseException], bool] = Exception,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, cache_policy: CachePolicy | None = None,
+                 checkpoint_items: bool | None = None) -> None:
         super().__init__(node_id=node_id, config=config)
+        if cache_policy is not None:
+            if not isinstance(cache_policy, CachePolicy):
+                raise TypeError(f"cache_policy must be a CachePolicy, got {cache_policy!r} "
+                                f"({type(cache_policy).__name__})")
+            self.cache_policy, self._hooked = cache_policy, True
+        if checkpoint_items is not None:
+            if not isinstance(self, BatchNode):
+                raise TypeError(f"checkpoint_items records the items of a batch node; node "
+                                f"{self.node_id!r} is a {type(self).__name__}")
+            self.checkpoint_items = bool(checkpoint_items)
         _check("max_retries", max_retries, 1)
         _check("wait", wait, 0, float)
         _check("max_wait", max_wait, 0, float, optional=True)
@@ -658,6 +1394,9 @@ class Node(BaseNode[PrepRes, ExecRes]):
         if not accepted or k + 1 >= self.max_retries:
             _note(exc, f"kaygraph: node {self.node_id!r} exec failed on attempt "
                        f"{k + 1} of {self.max_retries}")
+            if self._frame is not None:
+                self._frame.run.emit("attempt_failed", self._frame, self.node_id, error=exc,
+                                     attempt=k + 1, item_index=self._index)
             return None
         try:
             delay = self.wait * self.backoff ** k if self.wait else 0.0
@@ -669,6 +1408,9 @@ class Node(BaseNode[PrepRes, ExecRes]):
             delay += random.uniform(0, self.jitter)
         self.logger.info("node %r attempt %d of %d failed (%r); retrying in %.3f s",
                          self.node_id, k + 1, self.max_retries, exc, delay)
+        if self._frame is not None:
+            self._frame.run.emit("attempt_failed", self._frame, self.node_id, error=exc,
+                                 attempt=k + 1, delay=delay, item_index=self._index)
         return delay
 
     def _retry(self, item: Any) -> Any:
@@ -679,6 +1421,7 @@ class Node(BaseNode[PrepRes, ExecRes]):
             except Exception as exc:
                 delay = self._retry_delay(exc)
                 if delay is None:
+                    self._fell_back = True
                     return self.exec_fallback(item, exc)
                 if delay:
                     time.sleep(delay)
@@ -698,7 +1441,15 @@ class Node(BaseNode[PrepRes, ExecRes]):
 
     def _exec(self, prep_res: Any) -> Any:
         result = self._retry(prep_res)
-        return self._awaited([result])[0] if result.__class__ is _CORO else result
+        if result.__class__ is _CORO:
+            self._awaited([result])
+        return result
+
+    def _exec_hooked(self, prep_res: Any) -> Any:
+        policy = self.cache_policy  # a batch node consults it per item, in its own _exec
+        if policy is None or isinstance(self, BatchNode):
+            return self._exec(prep_res)
+        return policy.call(self, prep_res, self._exec)
 
 
 # --------------------------------------------------------------------------- batch nodes
@@ -731,7 +1482,16 @@ class BatchNode(Node[Any, Any], Generic[Item, Result]):
         return None
 
     def _exec(self, items: Any) -> list[Any]:
-        return self._awaited([self._retry(item) for item in _items(self, items)])
+        items = _items(self, items)
+        if self._frame is None and self.cache_policy is None:
+            return self._awaited([self._retry(item) for item in items])
+        plan = _Items(self, items, remote=False)
+        try:
+            for j, (i, item) in enumerate(plan.items):
+                plan.put(j, _item(self, i, item))
+        finally:
+            plan.flush()
+        return self._awaited(plan.result())
 
 
 class ParallelBatchNode(BatchNode[Item, Result]):
@@ -764,22 +1524,45 @@ class ParallelBatchNode(BatchNode[Item, Result]):
 
     def _exec(self, items: Any) -> list[Any]:
         items, executor = _items(self, items), self.executor
+        remote = executor is not None and not isinstance(executor, cf.ThreadPoolExecutor)
         shipped = _fresh(self)
         # Ship neither the rest of the graph nor the executor (a process pool won't pickle).
         shipped.successors, shipped.executor = {}, None
-        if executor is None:
-            with cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="kaygraph") as pool:
-                return self._awaited(_map_threads(shipped, items, pool, 2 * pool._max_workers))
-        if isinstance(executor, cf.ProcessPoolExecutor):
-            try:
-                pickle.dumps(shipped)
-            except Exception as exc:
-                raise TypeError(
-                    f"node {self.node_id!r} cannot be pickled for {type(executor).__name__} "
-                    f"({exc}); keep only picklable attributes (no lambdas, locks or open "
-                    f"clients) or use threads") from exc
-        workers = self.max_workers or getattr(executor, "_max_workers", None) or os.cpu_count()
-        return self._awaited(_map_threads(shipped, items, executor, 2 * (workers or 1)))
+        shipped.__dict__.pop("_exec", None)  # the step's journal stays with the step
+        if remote:  # the run and the cache stay in this process
+            shipped._frame = shipped.cache_policy = None
+        plan = None
+        if self._frame is not None or self.cache_policy is not None:
+            plan = _Items(self, items, remote)
+            items = plan.items
+        fn = _run_item if plan is None else _run_remote if remote else _run_pair
+        in_context = self._frame is not None and not remote
+        try:
+            if executor is None:
+                with cf.ThreadPoolExecutor(self.max_workers,
+                                           thread_name_prefix="kaygraph") as pool:
+                    results = _map_threads(shipped, items, pool, 2 * pool._max_workers, fn,
+                                           plan, in_context)
+            else:
+                if isinstance(executor, cf.ProcessPoolExecutor):
+                    self._check_pickles(shipped, executor)
+                workers = (self.max_workers or getattr(executor, "_max_workers", None)
+                           or os.cpu_count() or 1)
+                results = _map_threads(shipped, items, executor, 2 * workers, fn, plan,
+                                       in_context)
+        finally:
+            if plan is not None:
+                plan.flush()
+        return self._awaited(results if plan is None else plan.result())
+
+    def _check_pickles(self, shipped: Node[Any, Any], executor: cf.Executor) -> None:
+        try:
+            pickle.dumps(shipped)
+        except Exception as exc:
+            raise TypeError(
+                f"node {self.node_id!r} cannot be pickled for {type(executor).__name__} "
+                f"({exc}); keep only picklable attributes (no lambdas, locks or open "
+                f"clients) or use threads") from exc
 
 
 # --------------------------------------------------------------------------- async nodes
@@ -884,6 +1667,7 @@ class AsyncNode(Node[PrepRes, ExecRes]):
             except Exception as exc:
                 delay = self._retry_delay(exc)
                 if delay is None:
+                    self._fell_back = True
                     return await self.exec_fallback_async(item, exc)
                 if delay:
                     await asyncio.sleep(delay)
@@ -892,6 +1676,13 @@ class AsyncNode(Node[PrepRes, ExecRes]):
     async def _exec_async(self, prep_res: Any) -> Any:
         return await self._retry_async(prep_res)
 
+    async def _exec_hooked_async(self, prep_res: Any) -> Any:
+        # The async twin of Node._exec_hooked.
+        policy = self.cache_policy
+        if policy is None or isinstance(self, BatchNode):
+            return await self._exec_async(prep_res)
+        return await policy.call_async(self, prep_res, self._exec_async)
+
     async def _run_async(self, shared: Shared) -> Action:
         # The async twin of BaseNode._run.
         hooked = self._hooked
@@ -899,7 +1690,8 @@ class AsyncNode(Node[PrepRes, ExecRes]):
             if hooked:
                 self.before_prep(shared)
             prep_res = await self.prep_async(shared)
-            exec_res = await self._exec_async(prep_res)
+            exec_res = await (self._exec_hooked_async(prep_res) if hooked
+                              else self._exec_async(prep_res))
             if hooked:
                 self.after_exec(shared, prep_res, exec_res)
             return await self.post_async(shared, prep_res, exec_res)
@@ -932,10 +1724,19 @@ class AsyncBatchNode(AsyncNode[Any, Any], BatchNode[Item, Result]):
         # One batch loop for sequential and concurrent nodes: only the limit differs. Items
         # in flight together each run on their own copy; one at a time, on the node, as in
         # BatchNode.
-        one = self.max_concurrency == 1
-        return await _map_tasks(self._retry_async if one else
-                                lambda item: _fresh(self)._retry_async(item),
-                                _items(self, items), self.max_concurrency)
+        one, items = self.max_concurrency == 1, _items(self, items)
+        if self._frame is None and self.cache_policy is None:
+            return await _map_tasks(self._retry_async if one else
+                                    lambda item: _fresh(self)._retry_async(item),
+                                    items, self.max_concurrency)
+        plan = _Items(self, items, remote=False)
+        try:
+            await _map_tasks((lambda pair: _item_async(self, *pair)) if one else
+                             lambda pair: _item_async(_fresh(self), *pair),
+                             plan.items, self.max_concurrency, plan)
+        finally:
+            plan.flush()
+        return plan.result()
 
 
 class AsyncParallelBatchNode(AsyncBatchNode[Item, Result]):
@@ -1146,7 +1947,7 @@ class Graph(BaseNode[Any, Any]):
             raise TypeError(f"node {curr.node_id!r} returned action {action!r} "
                             f"({type(action).__name__}); an action must be a str or None")
         nxt = curr.successors.get(action or "default")
-        if nxt is None and curr.successors:
+        if nxt is None and curr.successors and (action or "default") not in curr.successors:
             _warn(f"Graph ends: '{action}' not found in {list(curr.successors)}" + (
                 f" (node {curr.node_id!r} returned no action: its post returned None)"
                 if action is None else ""))
@@ -1169,11 +1970,26 @@ class Graph(BaseNode[Any, Any]):
         _note(exc, f"kaygraph: raised by graph {self.node_id!r} at max_steps")
         return exc
 
-    def _walk(self, shared: Shared, params: dict[str, Any]) -> Iterator[_Pair]:
-        """Run the nodes from the start node; yield (node copy, action) per step."""
-        start, cfg = self._first()
-        curr: BaseNode[Any, Any] | None = start
-        done, node, limit = 0, start, self.max_steps
+    def _start_at(self, frame: _Frame | None) -> tuple[BaseNode[Any, Any] | None, int]:
+        """The node a walk starts at and the steps it has done: the start node, or the
+        saved position of a resumed durable run."""
+        start, _ = self._first()
+        if frame is None or frame.at is None:
+            return start, 0
+        done, node_id = frame.at
+        frame.done = done
+        nodes = next(_graphs(self))[1]
+        return (None if node_id is None else nodes[node_id]), done
+
+    def _walk(self, shared: Shared, params: dict[str, Any], index: int | None = None,
+              detached: bool = False) -> Iterator[_Pair]:
+        """Run the nodes from the start node; yield (node copy, action) per step. In an
+        observed or durable run (``self._frame`` set) each step reports to its frame."""
+        outer = self._frame
+        frame = None if outer is None else outer.open(self, index, detached)
+        curr, done = self._start_at(frame)
+        node: Any = curr
+        limit, cfg = self.max_steps, self.config or None
         new, next_node = object.__new__, self.get_next_node  # looked up once, not per step
         try:
             while curr is not None:
@@ -1186,19 +2002,26 @@ class Graph(BaseNode[Any, Any]):
                 if cfg is not None and not node.config:
                     node.config = cfg
                 done += 1
+                if frame is not None:
+                    frame.before(node)
                 action = node._run(shared)
                 curr = next_node(curr, action)
+                if frame is not None:
+                    frame.after(node, action, curr, shared)
                 yield node, action
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
             raise
 
-    async def _walk_async(self, shared: Shared, params: dict[str, Any]
+    async def _walk_async(self, shared: Shared, params: dict[str, Any],
+                          index: int | None = None, detached: bool = False
                           ) -> AsyncIterator[_Pair]:
         # The async twin of _walk.
-        start, cfg = self._first()
-        curr: BaseNode[Any, Any] | None = start
-        done, node, limit = 0, start, self.max_steps
+        outer = self._frame
+        frame = None if outer is None else outer.open(self, index, detached)
+        curr, done = self._start_at(frame)
+        node: Any = curr
+        limit, cfg = self.max_steps, self.config or None
         new, next_node = object.__new__, self.get_next_node  # looked up once, not per step
         try:
             while curr is not None:
@@ -1211,8 +2034,12 @@ class Graph(BaseNode[Any, Any]):
                 if cfg is not None and not node.config:
                     node.config = cfg
                 done += 1
+                if frame is not None:
+                    frame.before(node)
                 action = await node._run_async(shared)
                 curr = next_node(curr, action)
+                if frame is not None:
+                    frame.after(node, action, curr, shared)
                 yield node, action
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
@@ -1221,6 +2048,7 @@ class Graph(BaseNode[Any, Any]):
     # What one run walks, between the graph's own prep and post: the one place that says
     # it, so run and stream run the same thing. A batch graph walks once per params dict.
     _batch = False  # a batch graph's post gets exec_res=None, not the last action
+    listeners: tuple[Callable[[Event], Any], ...] = ()  # called on every run of this graph
 
     def _walks(self, shared: Shared, prep_res: Any) -> Iterator[_Pair]:
         return self._walk(shared, {**self.params})
@@ -1230,22 +2058,88 @@ class Graph(BaseNode[Any, Any]):
         last = deque(self._walks(shared, prep_res), 1)  # drains the walk in C, keeps the last
         return self.post(shared, prep_res, None if self._batch or not last else last[0][1])
 
-    def stream(self, shared: Shared) -> Generator[Step, None, Action]:
+    def _steps(self, shared: Shared, run: _Run | None, value: Any = _FRESH
+               ) -> Generator[Step, None, Action]:
+        """A whole run of this graph (on a copy) as Steps; returns post's action. With
+        ``run``, the run is observed and/or durable; with ``value``, a resume."""
+        graph: Graph = _fresh(self)
+        if run is not None and run.begin(graph, shared, value) == "done":
+            return run.done_action
+        try:
+            prep_res, action = graph.prep(shared), None
+            start = time.perf_counter()
+            for node, action in graph._walks(shared, prep_res):
+                yield Step(node, action, time.perf_counter() - start)
+                start = time.perf_counter()
+            action = graph.post(shared, prep_res, None if graph._batch else action)
+        except BaseException as exc:
+            if run is not None:
+                run.fail(shared, exc)
+            raise
+        if run is not None:
+            run.end(shared, action)
+        return action
+
+    def run(self, shared: Shared, *, run_id: str | None = None, store: Store | None = None,
+            durability: str = "sync",
+            listeners: Iterable[Callable[[Event], Any]] = ()) -> Action:
+        """Run the graph on ``shared`` and return its last action (what ``post`` returned).
+
+        Durable (``run_id`` and ``store``, both or neither: TypeError otherwise): a
+        checkpoint after every completed step at every nesting level (``durability="sync"``:
+        committed before the next step starts; ``"exit"``: only when the run ends, fails
+        or is interrupted), so :meth:`Graph.resume` goes on after a crash; ValueError when the run
+        id already has checkpoints or two nodes of one graph share an id. ``listeners``
+        (callables taking an :class:`Event`, added to the graph's ``listeners``) see every
+        step. Without any of these, the run costs what a plain run costs. Raises what the
+        nodes raise; :class:`Interrupt` when a node asks a person.
+        """
+        if run_id is None and store is None and not listeners and not self.listeners:
+            return _fresh(self)._run(shared)  # type: ignore[no-any-return]
+        return _drain(self._steps(shared,  # type: ignore[no-any-return]
+                                  _Run(self, run_id, store, durability, listeners)))
+
+    def stream(self, shared: Shared, *, run_id: str | None = None, store: Store | None = None,
+               durability: str = "sync", listeners: Iterable[Callable[[Event], Any]] = ()
+               ) -> Generator[Step, None, Action]:
         """Run the graph on ``shared``, yielding a :class:`Step` after each top-level step.
 
-        Runs exactly what ``run`` runs (a batch graph: every batch run); a nested graph is
-        one step. Calls the graph's own ``prep`` first and ``post`` last; the generator's
-        return value (``StopIteration.value``) is what ``post`` returned. Raises what
-        ``run`` raises, at the step that raised. A consumer that stops early stops the run
-        after the current step, and ``post`` is not called.
+        Runs exactly what ``run`` runs (a batch graph: every batch run), with the same
+        keywords; a nested graph is one step. Calls the graph's own ``prep`` first and
+        ``post`` last; the generator's return value (``StopIteration.value``) is what
+        ``post`` returned. Raises what ``run`` raises, at the step that raised. A consumer
+        that stops early stops the run after the current step, and ``post`` is not called.
         """
-        graph: Graph = _fresh(self)
-        prep_res, action = graph.prep(shared), None
-        start = time.perf_counter()
-        for node, action in graph._walks(shared, prep_res):
-            yield Step(node, action, time.perf_counter() - start)
-            start = time.perf_counter()
-        return graph.post(shared, prep_res, None if graph._batch else action)
+        run = None
+        if run_id is not None or store is not None or listeners or self.listeners:
+            run = _Run(self, run_id, store, durability, listeners)
+        return self._steps(shared, run)
+
+    def stream_resume(self, shared: Shared, *, run_id: str, store: Store,
+                      value: Any = _NO_VALUE, durability: str = "sync",
+                      listeners: Iterable[Callable[[Event], Any]] = ()
+                      ) -> Generator[Step, None, Action]:
+        """:meth:`Graph.resume`, yielding a :class:`Step` after each top-level step (as
+        :meth:`Graph.stream`)."""
+        return self._steps(shared, _Run(self, run_id, store, durability, listeners), value)
+
+    def resume(self, shared: Shared, *, run_id: str, store: Store, value: Any = _NO_VALUE,
+               durability: str = "sync",
+               listeners: Iterable[Callable[[Event], Any]] = ()) -> Action:
+        """Go on with durable run ``run_id`` from its last checkpoint in ``store``.
+
+        Clears ``shared`` and fills it from the checkpoint, then runs from the saved
+        position (a completed step never runs again; the step that was running runs again
+        from ``prep``, with ``exec``'s journaled result when it had one) and returns the
+        last action, like :meth:`Graph.run`. ``value`` answers an interrupted run: the
+        interrupted node runs again and its ``interrupt`` call returns ``value``. A ``done``
+        run returns its action and runs nothing. KeyError for an unknown run id;
+        ValueError for a graph whose node ids or edges differ from the checkpoint's,
+        for an interrupted run without ``value`` or a ``value`` for a run that is not
+        interrupted; RuntimeError when another process resumed the run first.
+        """
+        return _drain(self._steps(shared,  # type: ignore[no-any-return]
+                                  _Run(self, run_id, store, durability, listeners), value))
 
     def to_mermaid(self) -> str:
         """Return Mermaid flowchart text of the graph, the same in every process.
@@ -1271,8 +2165,9 @@ class Graph(BaseNode[Any, Any]):
                 else:
                     lines.append(f'{indent}{name}["{label}"]')
                 for action, succ in node.successors.items():
-                    edges.append((node, action, succ))
-                    queue.append(succ)
+                    if succ is not None:  # an explicit end draws no arrow
+                        edges.append((node, action, succ))
+                        queue.append(succ)
 
         draw(self, "    ")
         for src, action, dst in edges:
@@ -1300,8 +2195,10 @@ class BatchGraph(Graph):
     _batch = True
 
     def _walks(self, shared: Shared, prep_res: Any) -> Iterator[_Pair]:
-        return chain.from_iterable(self._walk(shared, self._merge(params))
-                                   for params in _items(self, prep_res))
+        items, outer = _items(self, prep_res), self._frame
+        pairs = enumerate(items) if outer is None else outer.batch(self, items)
+        return chain.from_iterable(self._walk(shared, self._merge(params), i)
+                                   for i, params in pairs)
 
 
 class AsyncGraph(Graph, AsyncNode[Any, Any]):
@@ -1317,26 +2214,82 @@ class AsyncGraph(Graph, AsyncNode[Any, Any]):
         return self._walk_async(shared, {**self.params})
 
     async def _run_async(self, shared: Shared) -> Action:
-        # The async twin of Graph._run, and stream_async without the steps.
+        # The async twin of Graph._run.
         prep_res, action = await self.prep_async(shared), None
         async for _node, action in self._walks_async(shared, prep_res):  # noqa: B007
             pass
         return await self.post_async(shared, prep_res, None if self._batch else action)
 
-    async def stream_async(self, shared: Shared) -> AsyncIterator[Step]:
+    async def _steps_async(self, shared: Shared, run: _Run | None, value: Any = _FRESH,
+                           box: list[Action] | None = None) -> AsyncIterator[Step]:
+        # The async twin of Graph._steps; an async generator cannot return: post's action
+        # goes in ``box``.
+        graph: AsyncGraph = _fresh(self)
+        if run is not None and run.begin(graph, shared, value) == "done":
+            if box is not None:
+                box.append(run.done_action)
+            return
+        try:
+            prep_res, action = await graph.prep_async(shared), None
+            start = time.perf_counter()
+            async for node, action in graph._walks_async(shared, prep_res):
+                yield Step(node, action, time.perf_counter() - start)
+                start = time.perf_counter()
+            action = await graph.post_async(shared, prep_res, None if graph._batch else action)
+        except BaseException as exc:
+            if run is not None:
+                run.fail(shared, exc)
+            raise
+        if run is not None:
+            run.end(shared, action)
+        if box is not None:
+            box.append(action)
+
+    async def run_async(self, shared: Shared, *, run_id: str | None = None,
+                        store: Store | None = None, durability: str = "sync",
+                        listeners: Iterable[Callable[[Event], Any]] = ()) -> Action:
+        """Run the graph and return its last action: the async twin of :meth:`Graph.run`,
+        with the same keywords. Warns when the graph has successors of its own."""
+        self._warn_alone("an outer AsyncGraph")
+        if run_id is None and store is None and not listeners and not self.listeners:
+            return await _fresh(self)._run_async(shared)  # type: ignore[no-any-return]
+        box: list[Action] = []
+        async for _ in self._steps_async(
+                shared, _Run(self, run_id, store, durability, listeners), box=box):
+            pass
+        return box[0]
+
+    def stream_async(self, shared: Shared, *, run_id: str | None = None,
+                     store: Store | None = None, durability: str = "sync",
+                     listeners: Iterable[Callable[[Event], Any]] = ()) -> AsyncIterator[Step]:
         """Run the graph, yielding a :class:`Step` after each top-level step.
 
         The async twin of :meth:`Graph.stream` (async generators cannot return a value:
         ``post_async`` is called at the end and its action is dropped). A concurrent batch
         graph yields the steps of its runs as they come.
         """
-        graph: AsyncGraph = _fresh(self)
-        prep_res, action = await graph.prep_async(shared), None
-        start = time.perf_counter()
-        async for node, action in graph._walks_async(shared, prep_res):
-            yield Step(node, action, time.perf_counter() - start)
-            start = time.perf_counter()
-        await graph.post_async(shared, prep_res, None if graph._batch else action)
+        run = None
+        if run_id is not None or store is not None or listeners or self.listeners:
+            run = _Run(self, run_id, store, durability, listeners)
+        return self._steps_async(shared, run)
+
+    async def resume_async(self, shared: Shared, *, run_id: str, store: Store,
+                           value: Any = _NO_VALUE, durability: str = "sync",
+                           listeners: Iterable[Callable[[Event], Any]] = ()) -> Action:
+        """The async twin of :meth:`Graph.resume`."""
+        box: list[Action] = []
+        async for _ in self._steps_async(
+                shared, _Run(self, run_id, store, durability, listeners), value, box):
+            pass
+        return box[0]
+
+    def stream_resume_async(self, shared: Shared, *, run_id: str, store: Store,
+                            value: Any = _NO_VALUE, durability: str = "sync",
+                            listeners: Iterable[Callable[[Event], Any]] = ()
+                            ) -> AsyncIterator[Step]:
+        """:meth:`AsyncGraph.resume_async`, yielding a :class:`Step` after each top-level step."""
+        return self._steps_async(shared, _Run(self, run_id, store, durability, listeners),
+                                 value)
 
 
 class AsyncBatchGraph(AsyncGraph, BatchGraph):
@@ -1346,16 +2299,23 @@ class AsyncBatchGraph(AsyncGraph, BatchGraph):
 
     async def _walks_async(self, shared: Shared, batch: Any) -> AsyncIterator[_Pair]:
         # The batch runs go on in a task of their own and hand their steps over through a
-        # queue, so that runs in flight together stream as one sequence.
+        # queue, so that runs in flight together stream as one sequence. Runs in flight
+        # together are detached from a durable run's position: each is recorded when done.
+        items, outer = _items(self, batch), self._frame
+        concurrent = self.max_concurrency != 1
+        pairs = enumerate(items) if outer is None else outer.batch(self, items, concurrent)
         queue: asyncio.Queue[_Pair | None] = asyncio.Queue()
 
-        async def one(params: Any) -> None:
-            async for step in self._walk_async(shared, self._merge(params)):
+        async def one(pair: tuple[int, Any]) -> None:
+            i, params = pair
+            async for step in self._walk_async(shared, self._merge(params), i, concurrent):
                 queue.put_nowait(step)
+            if outer is not None and concurrent:
+                outer.ran(self, i, shared)
 
         async def every() -> None:
             try:
-                await _map_tasks(one, _items(self, batch), self.max_concurrency)
+                await _map_tasks(one, pairs, self.max_concurrency)
             finally:
                 queue.put_nowait(None)
 

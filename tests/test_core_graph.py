@@ -675,3 +675,23 @@ def test_graph_start_returns_the_node_so_wiring_chains():
     shared = {}
     g.run(shared)
     assert shared["trace"] == ["a", "b"]
+
+
+def test_successor_none_is_an_explicit_end_without_a_warning():
+    # PocketFlow's `node - "end" >> None`: the walk ends there, silently.
+    a = Rec("a", action="end")
+    a - "end" >> None
+    a - "more" >> Rec("b")
+    action, caught = run_quietly(Graph(a), {})
+    assert action == "end" and caught == []
+    assert Graph(a).to_mermaid().count("-->") == 1  # the end draws no arrow
+
+
+def test_default_successor_none_ends_and_other_actions_still_warn():
+    a = Rec("a", action="other")
+    assert (a >> None) is None
+    a - "x" >> Rec("x")
+    action, caught = run_quietly(Graph(a), {})
+    assert action == "other"
+    assert [str(w.message) for w in caught] == ["Graph ends: 'other' not found in "
+                                                "['default', 'x']"]
