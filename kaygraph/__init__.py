@@ -753,6 +753,7 @@ class _Run:
         self.last_node: str | None = None  # the node of the last completed step
         self.done_action: Action = None  # what a resumed run that was done ended with
         self.quiet: set[int] = set()  # listeners that raised once (logged once)
+        self.top = graph.node_id
         self.t0 = time.perf_counter()
 
     def emit(self, kind: str, frame: _Frame, node_id: str, **fields: Any) -> None:
@@ -817,7 +818,7 @@ class _Run:
     def begin(self, graph: Graph, shared: Shared, value: Any = _FRESH) -> str | None:
         """Set up ``graph`` (the run's copy of the top graph); for a resume (``value`` not
         ``_FRESH``), load the last checkpoint into ``shared`` and return its status."""
-        graph._frame, graph._step_key = self.root, ""
+        graph._frame, graph._step_key, self.top = self.root, "", graph.node_id
         status: str | None = None
         resume = value is not _FRESH
         if self.store is not None:
@@ -861,7 +862,7 @@ class _Run:
 
     def end(self, shared: Shared, action: Action) -> None:
         self.checkpoint("done", shared, self.last_node, action, [])
-        self.emit("run_end", self.root, self.root.graph, action=action,
+        self.emit("run_end", self.root, self.top, action=action,
                   seconds=time.perf_counter() - self.t0)
 
     def fail(self, shared: Shared, exc: BaseException) -> None:
@@ -882,7 +883,7 @@ class _Run:
                 self.checkpoint("running", shared, node_id, None, position)
         except Exception as save_error:  # keep the run's own error; say why nothing was saved
             _note(exc, f"kaygraph: run {self.run_id!r} could not record it: {save_error}")
-        self.emit("run_end", self.root, self.root.graph, error=exc,
+        self.emit("run_end", self.root, self.top, error=exc,
                   seconds=time.perf_counter() - self.t0)
 
 
@@ -2141,26 +2142,39 @@ class Graph(BaseNode[Any, Any]):
         return _drain(self._steps(shared,  # type: ignore[no-any-return]
                                   _Run(self, run_id, store, durability, listeners), value))
 
-    def to_mermaid(self) -> str:
+    def to_mermaid(self, visited: Iterable[Any] | None = None) -> str:
         """Return Mermaid flowchart text of the graph, the same in every process.
 
         One box per node (``node_id (Class)``), one arrow per successor labelled with its
         action (unlabelled for ``"default"``), nested graphs as subgraphs, loops drawn once.
+        ``visited`` highlights the nodes a run went through (class ``visited``): node ids,
+        paths (tuples of ids from this graph down), :class:`Event` objects (their paths)
+        or a durable run's ``store.history(run_id)`` entries (their ``node_id``).
         """
         ids: dict[int, str] = {}
-        lines, edges = ["flowchart TD"], []
+        lines, edges, hit = ["flowchart TD"], [], []
+        ids_seen, paths_seen = set(), set()
+        for v in visited or ():
+            if isinstance(v, Event):
+                paths_seen.add(v.path)
+            elif isinstance(v, tuple):
+                paths_seen.add((self.node_id, *v) if v[:1] != (self.node_id,) else v)
+            else:
+                ids_seen.add(v["node_id"] if isinstance(v, dict) else v)
 
-        def draw(graph: Graph, indent: str) -> None:
+        def draw(graph: Graph, indent: str, path: tuple[str, ...]) -> None:
             queue = deque([graph.start_node] if graph.start_node is not None else [])
             while queue:
                 node = queue.popleft()
                 if id(node) in ids:
                     continue
                 ids[id(node)] = name = f"n{len(ids)}"
+                if node.node_id in ids_seen or (*path, node.node_id) in paths_seen:
+                    hit.append(name)
                 label = f"{node.node_id} ({type(node).__name__})".replace('"', "#quot;")
                 if isinstance(node, Graph):
                     lines.append(f'{indent}subgraph {name}["{label}"]')
-                    draw(node, indent + "    ")
+                    draw(node, indent + "    ", (*path, node.node_id))
                     lines.append(f"{indent}end")
                 else:
                     lines.append(f'{indent}{name}["{label}"]')
@@ -2169,11 +2183,14 @@ class Graph(BaseNode[Any, Any]):
                         edges.append((node, action, succ))
                         queue.append(succ)
 
-        draw(self, "    ")
+        draw(self, "    ", (self.node_id,))
         for src, action, dst in edges:
             label = action.replace('"', "#quot;")
             arrow = "-->" if action == "default" else f'-->|"{label}"|'
             lines.append(f"    {ids[id(src)]} {arrow} {ids[id(dst)]}")
+        if hit:
+            lines += ["    classDef visited fill:#ffd866,stroke:#a07800,stroke-width:2px",
+                      f"    class {','.join(hit)} visited"]
         return "\n".join(lines) + "\n"
 
 
