@@ -300,6 +300,7 @@ class _Items:
         self.keys: dict[int, str] = {}  # remote: the cache key of each item run
         self.total, self.flushed = 0, time.monotonic()
         self.items = self._pull(items)
+        self.done: list[Any] = []  # what a map returns: unused, result() merges
 
     def _pull(self, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         node = self.node
@@ -1515,9 +1516,12 @@ class ParallelBatchNode(BatchNode[Item, Result]):
                  executor: cf.Executor | None = None, backoff: float = 1.0,
                  max_wait: float | None = None, jitter: float = 0.0,
                  retry_on: type[BaseException] | tuple[type[BaseException], ...]
-                 | Callable[[BaseException], bool] = Exception) -> None:
+                 | Callable[[BaseException], bool] = Exception,
+                 cache_policy: CachePolicy | None = None,
+                 checkpoint_items: bool | None = None) -> None:
         super().__init__(max_retries, wait, node_id, config, backoff=backoff,
-                         max_wait=max_wait, jitter=jitter, retry_on=retry_on)
+                         max_wait=max_wait, jitter=jitter, retry_on=retry_on,
+                         cache_policy=cache_policy, checkpoint_items=checkpoint_items)
         _check("max_workers", max_workers, 1, optional=True)
         if executor is not None and not isinstance(executor, cf.Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor, got {executor!r}")
@@ -1761,9 +1765,12 @@ class AsyncParallelBatchNode(AsyncBatchNode[Item, Result]):
                  max_wait: float | None = None, jitter: float = 0.0,
                  retry_on: type[BaseException] | tuple[type[BaseException], ...]
                  | Callable[[BaseException], bool] = Exception,
-                 timeout: float | None = None, max_concurrency: int | None = None) -> None:
+                 timeout: float | None = None, max_concurrency: int | None = None,
+                 cache_policy: CachePolicy | None = None,
+                 checkpoint_items: bool | None = None) -> None:
         super().__init__(max_retries, wait, node_id, config, backoff=backoff,
-                         max_wait=max_wait, jitter=jitter, retry_on=retry_on, timeout=timeout)
+                         max_wait=max_wait, jitter=jitter, retry_on=retry_on, timeout=timeout,
+                         cache_policy=cache_policy, checkpoint_items=checkpoint_items)
         _check("max_concurrency", max_concurrency, 1, optional=True)
         if max_concurrency is not None:
             self.max_concurrency = max_concurrency
@@ -1807,6 +1814,7 @@ class MetricsNode(Node[PrepRes, ExecRes]):
         self.metrics: dict[str, Any] = {
             "executions": 0, "successes": 0, "retries": 0, "total_time": 0.0,
             "min_time": float("inf"), "max_time": 0.0, "times": deque(maxlen=_METRICS_WINDOW),
+            "cache_hits": 0, "cache_misses": 0,
         }
 
     def _record(self, seconds: float, ok: bool) -> None:
@@ -1833,21 +1841,23 @@ class MetricsNode(Node[PrepRes, ExecRes]):
         with _Timing(self):
             return await super()._retry_async(item)  # type: ignore[misc]
 
-
     def get_stats(self) -> dict[str, Any]:
         """Return the statistics (times in seconds), or ``{"status": "no_executions"}``.
 
         Keys, as in KayGraph: ``total_executions``, ``success_rate`` (0..1),
         ``avg_execution_time``, ``min_execution_time``, ``max_execution_time``,
         ``total_retries``; plus ``p50_execution_time`` and ``p95_execution_time``
-        (nearest rank).
+        (nearest rank); plus ``cache_hits`` and ``cache_misses`` when the node has a
+        ``cache_policy`` (a hit is not an execution).
         """
         with _metrics_lock:
             m = dict(self.metrics)
             times = sorted(m["times"])
         n = m["executions"]
+        cache = ({"cache_hits": m["cache_hits"], "cache_misses": m["cache_misses"]}
+                 if self.cache_policy is not None else {})
         if not n:
-            return {"status": "no_executions"}
+            return {"status": "no_executions", **cache}
 
         def rank(q: float) -> float:
             return float(times[max(0, math.ceil(q * len(times)) - 1)])
@@ -1856,7 +1866,7 @@ class MetricsNode(Node[PrepRes, ExecRes]):
             "total_executions": n, "success_rate": m["successes"] / n,
             "avg_execution_time": m["total_time"] / n, "min_execution_time": m["min_time"],
             "max_execution_time": m["max_time"], "total_retries": m["retries"],
-            "p50_execution_time": rank(0.50), "p95_execution_time": rank(0.95),
+            "p50_execution_time": rank(0.50), "p95_execution_time": rank(0.95), **cache,
         }
 
 
