@@ -10,9 +10,14 @@ The public names and their behaviour follow the core of KayGraph 0.3.1, and the 
 aliases let PocketFlow code run by changing its import. This file uses the standard library
 only (Python 3.10 to 3.13), so it can be copied into another project as it is. MIT licence.
 
-Sections, in order: helpers; Config; store and cache protocols; BaseNode; Node and its retry
-loop; batch and parallel nodes; async nodes; MetricsNode and ValidatedNode; Step and the
-graphs; aliases.
+Durable runs (checkpoints, resume, interrupts), the node result cache and run events are
+seams here: a graph run with ``run_id=`` and ``store=`` (a :class:`Store`, e.g.
+``kaygraph.stores.SQLiteStore``), a node with a :class:`CachePolicy`, ``listeners=``; the
+backends live in the other modules of the package, which this file never imports.
+
+Sections, in order: helpers; Config; store and cache protocols; runs: checkpoints and events;
+the node result cache; BaseNode; Node and its retry loop; batch and parallel nodes; async
+nodes; MetricsNode and ValidatedNode; Step and the graphs; aliases.
 """
 
 from __future__ import annotations
