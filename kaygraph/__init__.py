@@ -1081,6 +1081,10 @@ def _check_class(cls: type[BaseNode[Any, Any]]) -> None:
             raise TypeError(f"{cls.__qualname__}: {klass.__qualname__} declares __slots__ "
                             f"{tuple(names)!r}; kaygraph copies a node for every step and item "
                             f"from its __dict__, so slot values would be lost: drop __slots__")
+    policy = getattr(cls, "cache_policy", None)
+    if policy is not None and not isinstance(policy, CachePolicy):
+        raise TypeError(f"{cls.__qualname__}.cache_policy must be a CachePolicy, got "
+                        f"{policy!r} ({type(policy).__name__})")
     for name in _PHASES:
         if inspect.iscoroutinefunction(getattr(cls, name, None)):
             how = "" if cls._is_async else "subclass AsyncNode and "
