@@ -781,9 +781,9 @@ class _Run:
 
     # -- the store
     def checkpoint(self, status: str, shared: Shared, node_id: str | None, action: Action,
-                   position: list[list[Any]], **extra: Any) -> None:
-        self.step += 1
-        if self.store is None or (status == "running" and not self.sync):
+                   position: list[list[Any]], final: bool = False, **extra: Any) -> None:
+        self.step += 1  # final: the run stops here, so "exit" writes it too
+        if self.store is None or (status == "running" and not self.sync and not final):
             return
         for key, items in self.pending.items():  # "exit": the item writes kept until now
             self.store.save_items(self.run_id, key, items)  # type: ignore[arg-type]
@@ -886,7 +886,7 @@ class _Run:
                 self.checkpoint("failed", shared, node_id, None, position, error={
                     "type": type(exc).__name__, "message": str(exc)})
             elif not self.sync:
-                self.checkpoint("running", shared, node_id, None, position)
+                self.checkpoint("running", shared, node_id, None, position, final=True)
         except Exception as save_error:  # keep the run's own error; say why nothing was saved
             _note(exc, f"kaygraph: run {self.run_id!r} could not record it: {save_error}")
         self.emit("run_end", self.root, self.top, error=exc,
