@@ -608,7 +608,8 @@ class _Frame:
     that runs this graph as a step (the root frame for the top graph). A ``detached`` frame
     is a run of a concurrent batch graph: it reports events but makes no checkpoints."""
 
-    __slots__ = ("run", "parent", "graph", "index", "done", "next", "detached", "at", "t0")
+    __slots__ = ("run", "parent", "graph", "index", "done", "next", "detached", "at", "t0",
+                 "busy")
 
     def __init__(self, run: _Run, parent: _Frame | None, graph: str, index: int | None,
                  detached: bool = False) -> None:
@@ -616,7 +617,7 @@ class _Frame:
         self.done, self.detached = 0, detached
         self.next: str | None = None
         self.at: tuple[int, str | None] | None = None  # (done, next) to resume at
-        self.t0 = 0.0
+        self.t0, self.busy = 0.0, False  # busy: a step started and has not ended
 
     def chain(self) -> list[_Frame]:
         frames, f = [], self
@@ -650,6 +651,7 @@ class _Frame:
     def before(self, node: BaseNode[Any, Any]) -> None:
         run = self.run
         node._frame, self.next, self.t0 = self, node.node_id, time.perf_counter()
+        self.busy = True
         if not self.detached:
             run.last, run.asked = self, 0
             if run.store is not None:
@@ -670,8 +672,17 @@ class _Frame:
             if run.resumed_key and node.__dict__.get("_step_key") == run.resumed_key:
                 run.resumed_key = ""  # the resumed step is done: no more look-ups
             run.checkpoint("running", shared, node.node_id, action, self.position())
+        self.busy = False
         run.emit("step_end", self, node.node_id, action=action,
                  seconds=time.perf_counter() - self.t0)
+
+    def failed(self, node: BaseNode[Any, Any], exc: BaseException) -> None:
+        """The step running now ended with ``exc`` (an error, an interrupt, a cancellation):
+        its step_end carries it, in the thread or task that ran the step."""
+        if self.busy:
+            self.busy = False
+            self.run.emit("step_end", self, node.node_id, error=exc,
+                          seconds=time.perf_counter() - self.t0)
 
     def batch(self, graph: Graph, items: Iterable[Any], concurrent: bool = False
               ) -> Iterator[tuple[int, Any]]:
@@ -2031,6 +2042,12 @@ class Graph(BaseNode[Any, Any]):
                 yield node, action
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
+            if frame is not None:
+                frame.failed(node, exc)
+            raise
+        except BaseException as exc:  # an interrupt or a cancellation ends the step too
+            if frame is not None:
+                frame.failed(node, exc)
             raise
 
     async def _walk_async(self, shared: Shared, params: dict[str, Any],
@@ -2063,6 +2080,12 @@ class Graph(BaseNode[Any, Any]):
                 yield node, action
         except Exception as exc:
             _note(exc, f"kaygraph: raised in node {node.node_id!r} (step {done})")
+            if frame is not None:
+                frame.failed(node, exc)
+            raise
+        except BaseException as exc:  # an interrupt or a cancellation ends the step too
+            if frame is not None:
+                frame.failed(node, exc)
             raise
 
     # What one run walks, between the graph's own prep and post: the one place that says
