@@ -850,6 +850,9 @@ class _Run:
         elif resume:
             raise TypeError("resume needs run_id and store")
         self.emit("run_start", self.root, graph.node_id)
+        if status == "done":  # runs nothing: the run ends at once, with the saved action
+            self.emit("run_end", self.root, graph.node_id, action=self.done_action,
+                      seconds=time.perf_counter() - self.t0)
         return status
 
     def _restore(self, cp: dict[str, Any] | None, shared: Shared, value: Any) -> str:
