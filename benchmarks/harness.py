@@ -65,6 +65,7 @@ class Row:
     samples: list[float] = field(default_factory=list)
     vs_floor: float | None = None
     vs_pocketflow: float | None = None
+    vs_langgraph: float | None = None  # set by the workloads that compare with LangGraph
     extra: dict[str, float] = field(default_factory=dict)
     note: str = ""
 

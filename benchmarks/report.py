@@ -12,7 +12,9 @@ from typing import Any
 NOTES = Path(__file__).with_name("notes.md")  # the prose rendered after the tables
 START_MARKER = "<!-- benchmark-table:start -->"
 END_MARKER = "<!-- benchmark-table:end -->"
-HEADERS = ("framework", "median", "x floor", "x PocketFlow", "notes")
+# The ratio columns, shown in a workload's table when one of its rows has that ratio.
+RATIOS = (("vs_floor", "x floor"), ("vs_pocketflow", "x PocketFlow"),
+          ("vs_langgraph", "x LangGraph"))
 
 
 def _num(value: float | None) -> str:
@@ -39,15 +41,25 @@ def _extra(row: dict[str, Any]) -> str:
     if len(row.get("samples", [])) > 1:
         lo, hi = min(row["samples"]), max(row["samples"])
         parts.append(f"range {_num(lo)}-{_num(hi)}")
+    if row.get("note"):
+        parts.append(row["note"])
     return ", ".join(parts)
 
 
-def _cells(row: dict[str, Any]) -> tuple[str, ...]:
+def _ratio_keys(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The ratio columns a table of `rows` needs: those that some row has."""
+    return [(key, title) for key, title in RATIOS if any(r.get(key) is not None for r in rows)]
+
+
+def _headers(keys: list[tuple[str, str]]) -> tuple[str, ...]:
+    return ("framework", "median", *(title for _, title in keys), "notes")
+
+
+def _cells(row: dict[str, Any], keys: list[tuple[str, str]]) -> tuple[str, ...]:
     if row["status"] != "ok":
-        return (row["label"], row["status"], "", "", row.get("note", ""))
+        return (row["label"], row["status"], *("" for _ in keys), row.get("note", ""))
     median = f"{_num(row['value'])} {row['unit']}"
-    return (row["label"], median, _ratio(row.get("vs_floor")),
-            _ratio(row.get("vs_pocketflow")), _extra(row))
+    return (row["label"], median, *(_ratio(row.get(key)) for key, _ in keys), _extra(row))
 
 
 def _verdict(target: dict[str, Any]) -> str:
@@ -84,9 +96,10 @@ def render_text(results: dict[str, Any]) -> str:
         cases: dict[str, list[dict[str, Any]]] = {}
         for row in wl["rows"]:
             cases.setdefault(row["case"], []).append(row)
+        keys = _ratio_keys(wl["rows"])
         for case, case_rows in cases.items():
             lines.append(f" {case}")
-            lines += _text_table([HEADERS] + [_cells(r) for r in case_rows])
+            lines += _text_table([_headers(keys)] + [_cells(r, keys) for r in case_rows])
         lines.append("")
     lines.append("Targets (report only: never a failure)")
     targets = [t for wl in results["workloads"] for t in wl["targets"]]
@@ -117,10 +130,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     out.append("")
     for wl in results["workloads"]:
         out += [f"### {wl['title']}", "", wl["measures"], ""]
-        out.append(_md_row(("case",) + HEADERS))
-        out.append(_md_row(("---",) * (len(HEADERS) + 1)))
+        keys = _ratio_keys(wl["rows"])
+        out.append(_md_row(("case", *_headers(keys))))
+        out.append(_md_row(("---",) * (len(keys) + 4)))
         for row in wl["rows"]:
-            out.append(_md_row((row["case"],) + _cells(row)))
+            out.append(_md_row((row["case"], *_cells(row, keys))))
         out.append("")
     out += ["### Targets", ""]
     out.append(_md_row(("target", "value", "bar", "verdict", "detail")))

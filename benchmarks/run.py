@@ -1,9 +1,13 @@
 """Benchmarks: kaygraph side by side with the hand-written floor, PocketFlow and LangGraph.
 
+Workloads 1-6 (workloads.py): steps, batches, fan-out, streaming, scaling; 7-10 (durable.py):
+durable steps, resume after a crash, node cache hits, listeners.
+
     python benchmarks/run.py [--quick] [--json FILE] [--markdown-into docs/performance.md]
     python benchmarks/run.py --from-json FILE --markdown-into docs/performance.md
 
-Prints a table of medians and ratios, and the targets of issue 4 as met / MISSED. Speed never
+Prints a table of medians and ratios, and the targets (issue 4; the durable design page) as
+met / MISSED. Speed never
 makes the exit status non-zero; a framework returning a wrong result or raising does (exit 1).
 Peers that are not installed (`pip install -e ".[bench]"`) are reported as missing.
 """
@@ -38,9 +42,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="a sentence to print above the Markdown tables (e.g. the machine was "
                         "shared); stored in the JSON")
     p.add_argument("--only", metavar="NAMES",
-                   help="comma-separated subset of: step,batch,async,thread,stream,scaling")
+                   help="comma-separated subset of: step,batch,async,thread,stream,scaling,"
+                        "durable,resume,cache,listeners")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="time the single-threaded workloads (step, batch, scaling) by wall "
+                   help="time the single-threaded workloads (step, batch, scaling, cache, "
+                        "listeners) by wall "
                         "clock or by this process's CPU time (steadier on a busy machine); "
                         "the fan-out workloads always use the wall clock")
     p.add_argument("--core", metavar="DIR", type=Path, default=REPO,
@@ -52,18 +58,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(args.core.resolve()))
     kg = importlib.import_module("kaygraph")
+    import durable
     from harness import find_peer, machine_info
     from workloads import FULL, QUICK, WORKLOADS, Env
 
-    names = list(WORKLOADS) if not args.only else args.only.split(",")
-    unknown = [n for n in names if n not in WORKLOADS]
+    workloads_by_name = {**WORKLOADS, **durable.WORKLOADS}
+    names = list(workloads_by_name) if not args.only else args.only.split(",")
+    unknown = [n for n in names if n not in workloads_by_name]
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+        raise SystemExit(f"--only: unknown workload(s) {unknown}; choose from "
+                         f"{list(workloads_by_name)}")
     pf = find_peer("pocketflow", "pocketflow")
     lg = find_peer("langgraph", "langgraph.graph")
+    others = [find_peer("langgraph-checkpoint-sqlite", "langgraph.checkpoint.sqlite"),
+              find_peer("opentelemetry-sdk", "opentelemetry.sdk.trace")]
     settings = QUICK if args.quick else FULL
-    env = Env(kg, pf, lg, settings, cpu_clock=args.clock == "cpu")
-    meta = machine_info(args.core, kg.__file__, [pf, lg])
+    env = Env(kg, pf, lg, settings, cpu_clock=args.clock == "cpu",
+              peers={p.name: p for p in others}, core=args.core)
+    meta = machine_info(args.core, kg.__file__, [pf, lg, *others])
     meta["mode"] = "quick" if args.quick else "full"
     meta["clock"] = args.clock
     meta["settings"] = dataclasses.asdict(settings)
@@ -74,7 +86,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         t0 = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        result = WORKLOADS[name](env)
+        result = workloads_by_name[name](env)
         result["rows"] = [dataclasses.asdict(r) for r in result["rows"]]
         result["seconds"] = time.perf_counter() - t0
         workloads.append(result)

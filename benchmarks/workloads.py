@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from harness import (
@@ -54,6 +55,12 @@ class Settings:
     chain_sizes: tuple[int, ...]
     store_sizes: tuple[int, ...]
     scale_steps: int
+    durable_steps: int  # the durable loop, both frameworks; the crash comes after half
+    langgraph_big_steps: int  # LangGraph's durable loop with the 1 MiB value (~14 ms a step)
+    crash_rounds: int
+    cache_calls: int
+    langgraph_cache_calls: int
+    listener_steps: int
 
 
 FULL = Settings(
@@ -61,12 +68,16 @@ FULL = Settings(
     async_items=2_000, async_limit=200, thread_items=200, thread_workers=20,
     stream_items=1_000_000, stream_workers=4, chain_sizes=(10, 100, 1_000),
     store_sizes=(10, 100, 1_000, 10_000, 100_000), scale_steps=100_000,
+    durable_steps=1_000, langgraph_big_steps=100, crash_rounds=3, cache_calls=20_000,
+    langgraph_cache_calls=1_000, listener_steps=20_000,
 )
 QUICK = Settings(
     rounds=2, warmup=1, cpu_warmup=8, steps=10_000, langgraph_steps=100, batch_items=20_000,
     async_items=500, async_limit=50, thread_items=100, thread_workers=20,
     stream_items=50_000, stream_workers=4, chain_sizes=(10, 1_000),
     store_sizes=(10, 100_000), scale_steps=10_000,
+    durable_steps=100, langgraph_big_steps=10, crash_rounds=1, cache_calls=2_000,
+    langgraph_cache_calls=100, listener_steps=2_000,
 )
 
 
@@ -79,6 +90,8 @@ class Env:
     langgraph: Peer
     settings: Settings
     cpu_clock: bool = False  # time the single-threaded CPU-bound workloads by process_time
+    peers: dict[str, Peer] = field(default_factory=dict)  # other optional packages, by name
+    core: Path = Path(__file__).resolve().parent.parent  # the directory kaygraph came from
 
 
 def _absent(role: str, label: str, peer: Peer | None = None, why: str = "") -> Contender:
