@@ -655,7 +655,7 @@ class _Frame:
         if not self.detached:
             run.last, run.asked = self, 0
             if run.store is not None:
-                node._step_key, node._key = self.key(), f"{run.run_id}:{run.step + 1}"
+                node._step_key, node._key = self.key(), f"{run.run_id}:{run.completed + 1}"
                 if run.resumed:  # the first step after a resume may find its own results
                     run.resumed, run.resumed_key = False, node._step_key
                 if not isinstance(node, Graph) and not getattr(node, "checkpoint_items", 0):
@@ -669,6 +669,7 @@ class _Frame:
         self.next = None if nxt is None else nxt.node_id
         if not self.detached:
             run.answers, run.last_node = [], node.node_id  # the answers were for this step
+            run.completed += 1
             if run.resumed_key and node.__dict__.get("_step_key") == run.resumed_key:
                 run.resumed_key = ""  # the resumed step is done: no more look-ups
             run.checkpoint("running", shared, node.node_id, action, self.position())
@@ -709,6 +710,7 @@ class _Frame:
         mark the run done (in that order: a crash between re-runs it, never loses it)."""
         run = self.run
         if run.store is not None and not self.detached:
+            run.completed += 1
             run.checkpoint("running", shared, graph.node_id, None, self.position())
             run.items(f"{graph._step_key}#runs", {index: True})
 
@@ -722,15 +724,15 @@ def _journal(node: Any) -> None:
         inner_async = node._exec_async
 
         async def exec_async(prep_res: Any) -> Any:
-            found = run.recall(key)
-            return found[0] if found else run.journal(key, await inner_async(prep_res))
+            found, asked = run.recall(key), run.asked
+            return found[0] if found else run.journal(key, await inner_async(prep_res), asked)
         node._exec_async = exec_async
     else:
         inner = node._exec
 
         def exec_(prep_res: Any) -> Any:
-            found = run.recall(key)
-            return found[0] if found else run.journal(key, inner(prep_res))
+            found, asked = run.recall(key), run.asked
+            return found[0] if found else run.journal(key, inner(prep_res), asked)
         node._exec = exec_
 
 
@@ -768,6 +770,7 @@ class _Run:
         self.pending: dict[str, dict[int, Any]] = {}  # "exit": item writes kept for the end
         self.params: dict[str, Any] = {}
         self.last_node: str | None = None  # the node of the last completed step
+        self.completed = 0  # steps completed in the run: what idempotency keys count
         self.done_action: Action = None  # what a resumed run that was done ended with
         self.quiet: set[int] = set()  # listeners that raised once (logged once)
         self.top = graph.node_id
@@ -824,11 +827,16 @@ class _Run:
         found = self.recall_all(key)
         return [found[0]] if 0 in found else []
 
-    def journal(self, key: str, result: Any) -> Any:
+    def journal(self, key: str, result: Any, asked: int) -> Any:
+        """Journal exec's ``result``; exec's interrupt answers (from index ``asked``) are
+        then spent: a re-run takes the result and asks exec's questions no more."""
         try:
             self.items(key, {0: result})
         except TypeError:  # a result JSON cannot hold: not journaled, post still gets it
             _log.debug("exec result under %r not journaled: not serialisable", key)
+        else:
+            del self.answers[asked:self.asked]
+            self.asked = asked
         return result
 
     # -- start and end
@@ -876,7 +884,13 @@ class _Run:
         shared.clear()
         shared.update(cp["shared"])
         self.step = self.saved = cp["step"]
+        # Every checkpoint but the failed and interrupted ones marks a completed step.
+        self.completed = cp["step"] - sum(h["status"] != "running" for h in
+                                          self.store.history(self.run_id))  # type: ignore
         self.resume, self.resumed = cp["position"], not cp["position"]
+        self.last_node = cp["node_id"]
+        if not cp["position"]:  # resumed at the top: its batch list and completed runs
+            self.resumed_key = "#"
         self.params, self.done_action = cp["params"], cp["action"]
         return str(status)
 
