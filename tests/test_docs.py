@@ -197,7 +197,9 @@ def extra_for(module: str) -> str:
     """The first extra in pyproject.toml whose requirements name `module`, or ""."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     extras = text.partition("[project.optional-dependencies]")[2].partition("\n[")[0]
-    for name, requirements in re.findall(r"^([\w-]+) = \[(.*)\]$", extras, re.MULTILINE):
+    # A list may go on over several lines: it ends at the first "]" that ends a line.
+    lists = re.findall(r"^([\w-]+) = \[(.*?)\]$", extras, re.MULTILINE | re.DOTALL)
+    for name, requirements in lists:
         if re.search(rf'"{re.escape(module)}\b', requirements):
             return name
     return ""
