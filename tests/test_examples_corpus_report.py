@@ -1,12 +1,18 @@
 """Runs examples/corpus_report/main.py as a subprocess: on a small generated tree with bad
-files (exact counts, pages, report, cache hits on the second run), with a missing root, and
-once on the real standard library."""
+files (exact counts, pages, report, cache hits on the second run, plain progress lines, and
+a progress bar when stderr is a terminal), with a missing root, and once on the real
+standard library."""
 
+import fcntl
 import json
 import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 from pathlib import Path
 
@@ -62,14 +68,52 @@ BIG = 'TRAP = "def not_a_function(): class NotAClass"\n' + "".join(
 MAX_BYTES = 4096
 
 
-def run_report(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run main.py with this interpreter and this checkout's kaygraph; return the result."""
+def report_env() -> dict[str, str]:
+    """This environment with this checkout's kaygraph first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_report(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run main.py with this interpreter and this checkout's kaygraph; return the result."""
     return subprocess.run(
         [sys.executable, str(MAIN), *args],
-        capture_output=True, text=True, timeout=170, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=170, env=report_env(), cwd=ROOT,
     )
+
+
+def run_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run main.py with stderr on a pseudo-terminal (100 columns) and stdout on a pipe;
+    return the exit status, stdout and what the terminal showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, str(MAIN), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, env=report_env(), cwd=ROOT)
+    os.close(slave)
+    shown = bytearray()
+    try:
+        while True:  # read the terminal until the run ends and nothing is left to read
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        return proc.wait(timeout=170), out, shown.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
+        os.close(master)
 
 
 def summary(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -136,11 +180,18 @@ def test_small_tree_counts_are_exact_and_bad_files_are_counted_skips(small_runs)
     assert s["lines"] == f"{lines:,} ({blank:,} blank, 3 comments)"
     # 6 + 1 + 200 functions, 2 + 1 classes; docstrings on 2 of the 9 defs of parsed files.
     assert s["defs"] == "207 functions, 3 classes, docstrings on 22.2%"
-    assert s["cache"] == "0 hits, 7 misses"
+    # Every file that reached the analysing nodes was looked up once; an unreadable one
+    # (locked.py, unless running as root) too, under its path.
+    assert s["cache"] == f"0 hits, {7 + locked} misses"
     # The page loop shows in the progress: 6 files to parse (the bad ones too) in pages of 2,
     # then the big one.
     assert "analyse: page 3, 6/7 files" in first.stderr
     assert "stream_big: page 4, 7/7 files" in first.stderr
+    # stderr is a pipe here: plain lines, one per step, and no bar.
+    assert "\r" not in first.stderr and "%|" not in first.stderr and "file/s" not in first.stderr
+    steps = [line.split(":")[0] for line in first.stderr.splitlines()]
+    assert steps[0] == "scan" and steps[-3:] == ["count_skips", "aggregate", "report"]
+    assert set(steps[1:-3]) == {"analyse", "stream_big"}, first.stderr
 
 
 def test_small_tree_pages_and_report(small_runs) -> None:
@@ -176,11 +227,31 @@ def test_small_tree_pages_and_report(small_runs) -> None:
 
 
 def test_second_run_is_all_cache_hits(small_runs) -> None:
-    first, second, _, _ = small_runs
-    # Every readable file hits, the bad ones too (a skip is cached like facts).
-    assert summary(second)["cache"] == "7 hits, 0 misses"
+    first, second, _, locked = small_runs
+    # Every file hits, the bad ones too (a skip is cached like facts).
+    assert summary(second)["cache"] == f"{7 + locked} hits, 0 misses"
     for key in ("files", "lines", "defs"):
         assert summary(second)[key] == summary(first)[key]
+
+
+def test_a_terminal_gets_a_progress_bar_of_files_from_the_events(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "tqdm", reason='needs tqdm, the `examples` extra: pip install -e ".[examples]"')
+    locked = make_tree(tmp_path / "tree")
+    status, out, shown = run_on_a_terminal(
+        "--root", str(tmp_path / "tree"), "--out", str(tmp_path / "out"), "--workers", "2",
+        "--page-size", "2", "--max-bytes", str(MAX_BYTES))
+    assert status == 0, out + shown
+    total = 7 + locked
+    assert f"cache     0 hits, {total} misses" in out and "files: " not in out  # no bar
+    # The bar ends full, with the counts of the last page, before the steps after it.
+    final = re.search(rf"files: 100%\|[^|\r\n]*\| {total}/{total} \[[^]]*, 0 hits, "
+                      rf"{total} misses, {4 + locked} skipped\]", shown)
+    assert final, shown
+    assert shown.index("scan: done in") < final.start() < shown.index("aggregate: done in")
+    assert re.search(rf"files:  *\d+%\|[^|]*\| [1-6]/{total} ", shown), shown  # it moved
+    assert "analyse: page" not in shown and "stream_big: page" not in shown
+    assert "Traceback" not in shown and "Warning" not in shown, shown
 
 
 def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def test_scale_out_without_dask_names_the_extra_and_runs_threads_and_processes(t
         ("test_examples_scale_out.py", ("dask", "distributed")),
         ("test_core_cache.py::test_dask_executor_consults_the_cache_in_the_calling_process",
          ("dask", "distributed")),
+        ("test_examples_corpus_report.py::test_a_terminal_gets_a_progress_bar_of_files_from_the_events",
+         ("tqdm",)),
     ],
 )
 def test_recipe_tests_skip_naming_the_extra(tests, hidden, tmp_path):

@@ -1,4 +1,4 @@
-"""Per-file facts for corpus_report: stream one Python file, cache the result by content hash.
+"""Per-file facts for corpus_report: stream one Python file through ``tokenize`` and ``ast``.
 
 Plain functions with no kaygraph in them, so a worker process can import and run them.
 A result is a small JSON-able dict: either facts (``lines``, ``blank``, ``comments``,
@@ -11,15 +11,11 @@ from __future__ import annotations
 import ast
 import codecs
 import hashlib
-import json
 import keyword
 import os
-import tempfile
 import tokenize
 import warnings
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # Bump when the facts change, so old cache entries are never served for new code.
@@ -170,54 +166,3 @@ def analyse(path: str, parse: bool = True) -> tuple[str, dict]:
     _walk(tree.body, "", acc)
     del facts["def"], facts["class"]
     return digest.hexdigest(), {**facts, **acc, "module_doc": _has_docstring(tree)}
-
-
-def cached_facts(path: str, cache_dir: str, parse: bool = True,
-                 run: Callable[..., Any] | None = None) -> dict:
-    """Facts for ``path`` from the disk cache in ``cache_dir``, computing them on a miss.
-
-    The cache key is the SHA-256 of the file's bytes plus the analysis mode and
-    ``FACTS_VERSION``, so a changed file misses and an unchanged one hits, wherever it lives.
-    On a miss, ``run(analyse, path, parse)`` computes the facts (default: call it here; pass
-    e.g. ``lambda *a: pool.submit(*a).result()`` to parse in a process pool). Returns the
-    facts (or skip) dict with ``"cache"`` set to ``"hit"`` or ``"miss"``; an unreadable file
-    gives ``{"skip": "unreadable", ...}`` with no ``"cache"`` key. Never raises for a bad file:
-    an unexpected error is returned as skip ``"error"``, so one odd file can't stop the run.
-    """
-    mode = "full" if parse else "stream"
-    try:
-        entry = _entry(cache_dir, content_hash(path), mode)
-        try:
-            return {**json.loads(entry.read_text("utf-8")), "cache": "hit"}
-        except (OSError, ValueError):  # no entry yet, or a torn one: recompute
-            pass
-        digest, result = (run or _call)(analyse, path, parse)
-    except OSError as exc:
-        return {"skip": "unreadable", "detail": f"{type(exc).__name__}: {exc.strerror or exc}"}
-    except Exception as exc:
-        return {"skip": "error", "detail": f"{type(exc).__name__}: {exc}"}
-    # Stored under the hash of the bytes analysed: the file may have changed since it was hashed.
-    _write_atomic(_entry(cache_dir, digest, mode), json.dumps(result))
-    return {**result, "cache": "miss"}
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
-
-
-def _entry(cache_dir: str, digest: str, mode: str) -> Path:
-    """The cache file for a content hash: 256 sub-folders keep each folder small."""
-    return Path(cache_dir, digest[:2], f"{digest}-{mode}-v{FACTS_VERSION}.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

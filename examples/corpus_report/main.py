@@ -7,15 +7,17 @@ any other tree. It shows the patterns a real pipeline needs, used for real:
 - the shared store holds references (paths, counters, page and report file names), never
   file contents;
 - a ParallelBatchNode reads and analyses one page of files at a time, each file streamed
-  line by line through ``tokenize`` (threads do the hashing and cache look-ups; a cache miss
-  is parsed in a process pool, so both cores work);
-- a disk cache keyed by content hash, so a second run parses only what changed;
+  line by line through ``tokenize`` (threads do the cache look-ups; a cache miss is parsed
+  in a process pool, so both cores work);
+- a ``CachePolicy`` on an ``SQLiteCache``, keyed by the hash of each file's bytes, so a
+  second run parses only what changed;
 - results paginated to JSON pages on disk, and the report built page by page;
 - the graph branches on actions: more pages loop back, files over ``--max-bytes`` go to a
   streaming-only node, bad files go to a skip counter, an empty tree goes straight to the
   report;
-- progress from ``Graph.stream`` on stderr, a Markdown report in ``--out`` (totals, top-20
-  tables, node timings from MetricsNode), and a short summary on stdout.
+- progress on stderr from the run's events (a listener): a ``tqdm`` bar of files done on a
+  terminal, one plain line per graph step otherwise; a Markdown report in ``--out``
+  (totals, top-20 tables, node timings from MetricsNode), and a short summary on stdout.
 
 Run: python examples/corpus_report/main.py [--root DIR] [--out DIR] [--workers N]
          [--page-size N] [--max-bytes N]
@@ -30,6 +32,7 @@ import multiprocessing
 import os
 import sys
 import sysconfig
+import threading
 import time
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -39,11 +42,12 @@ from typing import Any
 
 import facts  # the per-file analysis, next to this file (its folder is on sys.path)
 
-from kaygraph import Graph, MetricsNode, Node, ParallelBatchNode, Step
+from kaygraph import CachePolicy, Event, Graph, MetricsNode, Node, ParallelBatchNode
+from kaygraph.stores import SQLiteCache
 
 SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages"}  # installed packages aren't the tree
 TOP = 20  # rows in each table of the report
-SKIP_LOG, TOTALS, REPORT = "skipped.jsonl", "totals.json", "report.md"
+SKIP_LOG, TOTALS, REPORT, CACHE = "skipped.jsonl", "totals.json", "report.md", "cache.sqlite3"
 
 
 class ScanTree(MetricsNode, Node):
@@ -92,35 +96,79 @@ class ScanTree(MetricsNode, Node):
         return "skipped" if bad else "empty"
 
 
+class Changed(Exception):
+    """The file's bytes changed between hashing and analysing: ``result`` is for the new
+    bytes, so it must not be cached under the old hash."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__("the file changed while it was analysed")
+        self.result = result
+
+
+def unreadable(exc: OSError) -> dict:
+    """The skip for a file that can't be read."""
+    return {"skip": "unreadable", "detail": f"{type(exc).__name__}: {exc.strerror or exc}"}
+
+
+def content_key(item: dict) -> str:
+    """The cache key of an item: the SHA-256 of the file's bytes, so a moved file hits and
+    an edited one misses (an unreadable file: its path)."""
+    return item["sha256"] or f"unreadable:{item['path']}"
+
+
 class AnalyseFiles(MetricsNode, ParallelBatchNode):
     """Analyse the next page of ``shared[key]`` on threads, then write it as one JSON page.
 
     ``AnalyseFiles(key, parse, pool, **node_kwargs)``: ``key`` is ``"files"`` or
     ``"oversize"``; ``parse=False`` streams tokens only (no ``ast``, memory stays flat);
-    ``pool`` is the process pool that parses cache misses. Each item is hashed and looked up
-    in the cache on a thread; only a miss goes to ``pool``. Actions: ``"next_page"`` while
-    files remain, then ``"oversize"``, ``"skipped"`` or ``"default"`` (see :func:`route`).
+    ``pool`` is the process pool that parses cache misses. ``prep`` hashes the page's files;
+    the node's ``cache_policy`` (keyed by :func:`content_key`) serves the files seen before,
+    and only a miss runs ``exec``, which waits on a thread for ``pool``. Actions:
+    ``"next_page"`` while files remain, then ``"oversize"``, ``"skipped"`` or ``"default"``
+    (see :func:`route`).
     """
 
     def __init__(self, key: str, parse: bool, pool: Executor, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.key, self.parse, self.pool = key, parse, pool
 
-    def prep(self, shared: dict) -> list[tuple[str, str, str]]:
+    def prep(self, shared: dict) -> list[dict]:
         start = shared["cursor"][self.key]
         page = shared[self.key][start : start + shared["page_size"]]
-        return [(rel, os.path.join(shared["root"], rel), shared["cache_dir"]) for rel in page]
+        items = []
+        for rel in page:  # hashing is cheap (no decoding, 1 MiB blocks): 31 MB in ~0.05 s
+            path = os.path.join(shared["root"], rel)
+            try:
+                items.append({"path": rel, "file": path, "sha256": facts.content_hash(path)})
+            except OSError as exc:
+                items.append({"path": rel, "file": path, "sha256": None, "skip": unreadable(exc)})
+        return items
 
-    def exec(self, item: tuple[str, str, str]) -> dict:
-        rel, path, cache_dir = item
-        return {"path": rel, **facts.cached_facts(path, cache_dir, self.parse, self._in_pool)}
+    def exec(self, item: dict) -> dict:
+        # The result holds no path: files with the same bytes share one cache entry.
+        if item["sha256"] is None:
+            return item["skip"]
+        digest, result = self.pool.submit(facts.analyse, item["file"], self.parse).result()
+        if digest != item["sha256"]:
+            raise Changed(result)
+        return result
 
-    def _in_pool(self, fn: Any, *args: Any) -> Any:
-        return self.pool.submit(fn, *args).result()
+    def exec_fallback(self, item: dict, exc: Exception) -> dict:
+        """A result the cache never stores (a fallback): facts of a file that changed
+        since ``prep`` hashed it, or a skip for one that vanished or an unexpected error,
+        so one odd file can't stop the run."""
+        if isinstance(exc, Changed):
+            return exc.result
+        if isinstance(exc, OSError):
+            return unreadable(exc)
+        return {"skip": "error", "detail": f"{type(exc).__name__}: {exc}"}
 
     def post(self, shared: dict, prep_res: list, exec_res: list[dict]) -> str:
         shared["cursor"][self.key] += len(prep_res)
-        write_page(shared, exec_res, "full" if self.parse else "stream")
+        stats = self.get_stats()  # the policy's look-ups so far, counted by MetricsNode
+        shared["cache"][self.key] = [stats["cache_hits"], stats["cache_misses"]]
+        results = [{"path": i["path"], **r} for i, r in zip(prep_res, exec_res, strict=True)]
+        write_page(shared, results, "full" if self.parse else "stream")
         return route(shared, self.key)
 
 
@@ -231,12 +279,8 @@ def write_page(shared: dict, results: list[dict], mode: str) -> None:
 
     Only the page's file name goes into the store (``shared["pages"]``), with the counters.
     """
-    counts, done = shared["counts"], []
-    for r in results:
-        if "cache" in r:
-            counts["hits" if r.pop("cache") == "hit" else "misses"] += 1
-        if "skip" not in r:
-            done.append(r)
+    counts = shared["counts"]
+    done = [r for r in results if "skip" not in r]
     name = f"pages/page-{len(shared['pages']) + 1:04d}.json"
     page = {"page": len(shared["pages"]) + 1, "mode": mode, "files": done}
     Path(shared["out"], name).write_text(json.dumps(page), "utf-8")
@@ -253,11 +297,24 @@ def log_skips(shared: dict, skips: list[dict]) -> None:
         shared["counts"]["skipped"] += len(skips)
 
 
-def build_graph(pool: Executor, threads: int) -> Graph:
-    """Wire the nodes; ``pool`` parses cache misses, ``threads`` per page do the rest."""
+def cache_counts(shared: dict) -> tuple[int, int]:
+    """(hits, misses) of the cache so far, over both analysing nodes."""
+    pairs = shared["cache"].values()
+    return sum(hits for hits, _ in pairs), sum(misses for _, misses in pairs)
+
+
+def build_graph(pool: Executor, threads: int, cache: SQLiteCache) -> Graph:
+    """Wire the nodes; ``pool`` parses cache misses, ``threads`` per page do the rest, and
+    ``cache`` keeps the facts (one entry per content hash and mode, for ``FACTS_VERSION``)."""
+
+    def policy(mode: str) -> CachePolicy:
+        return CachePolicy(cache, key=content_key, version=f"{mode}-v{facts.FACTS_VERSION}")
+
     scan = ScanTree(node_id="scan")
-    analyse = AnalyseFiles("files", True, pool, max_workers=threads, node_id="analyse")
-    stream_big = AnalyseFiles("oversize", False, pool, max_workers=threads, node_id="stream_big")
+    analyse = AnalyseFiles("files", True, pool, max_workers=threads, node_id="analyse",
+                           cache_policy=policy("full"))
+    stream_big = AnalyseFiles("oversize", False, pool, max_workers=threads,
+                              node_id="stream_big", cache_policy=policy("stream"))
     count_skips = CountSkips(node_id="count_skips")
     aggregate = Aggregate(node_id="aggregate")
     report = WriteReport([scan, analyse, stream_big, count_skips, aggregate], node_id="report")
@@ -307,7 +364,7 @@ def render(shared: dict, totals: dict, stats: dict[str, dict]) -> tuple[str, lis
         f"| {pct(t.get('documented', 0), defs)} ({t.get('documented', 0):,} of {defs:,}) |",
         f"| module docstrings | {t.get('module_docs', 0):,} of {t.get('parsed', 0):,} |",
         f"| distinct identifiers | {t['distinct_identifiers']:,} |",
-        f"| cache | {counts['hits']:,} hits, {counts['misses']:,} misses |",
+        "| cache | {:,} hits, {:,} misses |".format(*cache_counts(shared)),
         f"| pages | {len(shared['pages'])} |",
     ]
     tables = t["tables"]
@@ -343,7 +400,8 @@ def render(shared: dict, totals: dict, stats: dict[str, dict]) -> tuple[str, lis
         for k, s in ran.items()
     ]
     lines += table(
-        "Node timings (MetricsNode.get_stats: one execution per file for the analysing nodes)",
+        "Node timings (MetricsNode.get_stats: one execution per cache miss for the analysing "
+        "nodes)",
         ["node", "executions", "exec s (sum)", "avg ms", "p95 ms", "max ms"],
         rows,
         numbered=False,
@@ -382,22 +440,57 @@ def fmt_reasons(reasons: dict[str, int]) -> str:
     return "(" + ", ".join(f"{k} {v}" for k, v in reasons.items()) + ")" if reasons else ""
 
 
-def show_progress(step: Step, shared: dict, tty: bool) -> None:
-    """One progress line on stderr per graph step (redrawn in place on a terminal)."""
-    node = step.node.node_id
-    if node in ("analyse", "stream_big"):
+class Progress:
+    """The run's progress on stderr, from its events: ``Graph.run(listeners=[progress])``.
+
+    ``Progress(shared, bar)``: one plain line per ``step_end`` event, as a log wants; with
+    ``bar`` (stderr is a terminal) a ``tqdm`` bar of files done instead of the analysing
+    nodes' lines, from ``scan``'s end until the last file: one tick per ``item_end`` event
+    of those nodes (they come from the nodes' threads, hence the lock).
+    """
+
+    ANALYSING = ("analyse", "stream_big")
+
+    def __init__(self, shared: dict, bar: bool) -> None:
+        self.shared, self.want_bar, self.bar = shared, bar, None
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "item_end" and event.node_id in self.ANALYSING:
+            with self.lock:
+                if self.bar is not None:
+                    self.bar.update()
+        elif event.kind == "step_end" and event.error is None:
+            self.step_done(event.node_id, event.seconds or 0.0)
+
+    def step_done(self, node: str, seconds: float) -> None:
+        shared = self.shared
+        total = len(shared.get("files", ())) + len(shared.get("oversize", ()))
         done = sum(shared["cursor"].values())
-        total = len(shared["files"]) + len(shared["oversize"])
-        c = shared["counts"]
-        text = (f"{node}: page {len(shared['pages'])}, {done}/{total} files, "
-                f"{c['hits']} hits, {c['misses']} misses, {c['skipped']} skipped")
-    else:
-        text = f"{node}: done in {step.seconds:.2f} s"
-    if tty:
-        sys.stderr.write(f"\r\x1b[K{text}" + ("\n" if node == "report" else ""))
-    else:
-        sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+        hits, misses = cache_counts(shared)
+        state = f"{hits} hits, {misses} misses, {shared['counts']['skipped']} skipped"
+        with self.lock:
+            if self.bar is not None and node in self.ANALYSING:
+                self.bar.set_postfix_str(state)
+                if done == total:
+                    self.close()
+                return
+            if node in self.ANALYSING:
+                text = f"{node}: page {len(shared['pages'])}, {done}/{total} files, {state}"
+            else:
+                text = f"{node}: done in {seconds:.2f} s"
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+            if node == "scan" and self.want_bar and total:
+                from tqdm import tqdm  # on a terminal only: the examples extra has it
+
+                self.bar = tqdm(total=total, unit="file", desc="files", file=sys.stderr)
+
+    def close(self) -> None:
+        """End the bar (it stays on the screen); later steps print plain lines."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def summary(shared: dict, totals: dict, seconds: float) -> str:
@@ -414,7 +507,7 @@ def summary(shared: dict, totals: dict, seconds: float) -> str:
         f"{t.get('comments', 0):,} comments)",
         f"  defs      {t.get('functions', 0):,} functions, {t.get('classes', 0):,} classes, "
         f"docstrings on {pct(t.get('documented', 0), t.get('parsed_defs', 0))}",
-        f"  cache     {c['hits']:,} hits, {c['misses']:,} misses",
+        "  cache     {:,} hits, {:,} misses".format(*cache_counts(shared)),
         f"  slowest   {node} ({busy:.2f} s of exec time over {runs:,} executions)",
         f"  report    {out / shared['report']} ({len(shared['pages'])} pages in {out / 'pages'})",
         f"  time      {seconds:.1f} s",
@@ -457,20 +550,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out!r}: {exc.strerror or exc}")
 
     shared: dict[str, Any] = {
-        "root": str(root), "out": str(out), "cache_dir": str(out / "cache"),
+        "root": str(root), "out": str(out), "cache": {},
         "max_bytes": args.max_bytes, "page_size": args.page_size, "skip_log": SKIP_LOG,
         "cursor": {"files": 0, "oversize": 0}, "pages": [],
-        "counts": {"hits": 0, "misses": 0, "skipped": 0, "full": 0, "stream": 0},
+        "counts": {"skipped": 0, "full": 0, "stream": 0},
     }
     started = time.perf_counter()
     # Threads are running when the pool starts workers: fork could copy a held lock.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    tty = sys.stderr.isatty()
-    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        # One thread more than processes: the next file is hashed while the pool is busy.
-        for step in build_graph(pool, args.workers + 1).stream(shared):
-            show_progress(step, shared, tty)
+    progress = Progress(shared, bar=sys.stderr.isatty())
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool, \
+            SQLiteCache(out / CACHE) as cache:
+        # One thread more than processes: the next hit is served while the pool is busy.
+        try:
+            build_graph(pool, args.workers + 1, cache).run(shared, listeners=[progress])
+        finally:
+            progress.close()
     totals = json.loads((out / shared["totals_file"]).read_text("utf-8"))
     print(summary(shared, totals, time.perf_counter() - started))
     return 0
