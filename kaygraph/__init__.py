@@ -523,6 +523,7 @@ class Interrupt(BaseException):
     def __init__(self, run_id: str, node_id: str, payload: Any) -> None:
         super().__init__(f"run {run_id!r} interrupted at node {node_id!r}: {payload!r}")
         self.run_id, self.node_id, self.payload = run_id, node_id, payload
+        self.place = "/"  # who in the step asked (see _Frame.place)
 
 
 # ----------------------------------------------------------------- runs: checkpoints and events
@@ -632,6 +633,14 @@ class _Frame:
     def path(self, node_id: str) -> tuple[str, ...]:
         return (*(f.graph for f in self.chain()), node_id)
 
+    def place(self, item: int | None) -> str:
+        """Names who asks an interrupt: the run of a concurrent batch graph (the index of
+        the outermost detached frame) and the batch item, if any."""
+        run_index, f = "", self
+        while f.detached:
+            run_index, f = str(f.index), f.parent  # type: ignore[assignment]
+        return f"{run_index}/{'' if item is None else item}"
+
     def key(self) -> str:
         """Names the step running now, the same on a re-run: journal and items go there."""
         return "/".join(f"{f.graph}[{f.index}]{f.done}" for f in self.chain()) + f"/{self.next}"
@@ -653,7 +662,7 @@ class _Frame:
         node._frame, self.next, self.t0 = self, node.node_id, time.perf_counter()
         self.busy = True
         if not self.detached:
-            run.last, run.asked = self, 0
+            run.last, run.asked = self, {}
             if run.store is not None:
                 node._step_key, node._key = self.key(), f"{run.run_id}:{run.completed + 1}"
                 if run.resumed:  # the first step after a resume may find its own results
@@ -668,7 +677,7 @@ class _Frame:
         self.done += 1
         self.next = None if nxt is None else nxt.node_id
         if not self.detached:
-            run.answers, run.last_node = [], node.node_id  # the answers were for this step
+            run.answers, run.last_node = {}, node.node_id  # the answers were for this step
             run.completed += 1
             if run.resumed_key and node.__dict__.get("_step_key") == run.resumed_key:
                 run.resumed_key = ""  # the resumed step is done: no more look-ups
@@ -724,14 +733,14 @@ def _journal(node: Any) -> None:
         inner_async = node._exec_async
 
         async def exec_async(prep_res: Any) -> Any:
-            found, asked = run.recall(key), run.asked
+            found, asked = run.recall(key), {**run.asked}
             return found[0] if found else run.journal(key, await inner_async(prep_res), asked)
         node._exec_async = exec_async
     else:
         inner = node._exec
 
         def exec_(prep_res: Any) -> Any:
-            found, asked = run.recall(key), run.asked
+            found, asked = run.recall(key), {**run.asked}
             return found[0] if found else run.journal(key, inner(prep_res), asked)
         node._exec = exec_
 
@@ -765,8 +774,10 @@ class _Run:
         self.last = self.root  # the frame whose step runs now: where a failure is recorded
         self.resume: list[list[Any]] = []  # the saved position still to reach
         self.resumed, self.resumed_key = False, ""
-        self.answers: list[Any] = []  # interrupt answers, matched in order by the step
-        self.asked = 0
+        # Interrupt answers for the step being resumed, by the place that asks (the step, a
+        # batch item, a run of a concurrent batch graph), matched in order; how many used.
+        self.answers: dict[str, list[Any]] = {}
+        self.asked: dict[str, int] = {}
         self.pending: dict[str, dict[int, Any]] = {}  # "exit": item writes kept for the end
         self.params: dict[str, Any] = {}
         self.last_node: str | None = None  # the node of the last completed step
@@ -827,15 +838,16 @@ class _Run:
         found = self.recall_all(key)
         return [found[0]] if 0 in found else []
 
-    def journal(self, key: str, result: Any, asked: int) -> Any:
-        """Journal exec's ``result``; exec's interrupt answers (from index ``asked``) are
-        then spent: a re-run takes the result and asks exec's questions no more."""
+    def journal(self, key: str, result: Any, asked: dict[str, int]) -> Any:
+        """Journal exec's ``result``; the interrupt answers exec used (beyond ``asked``, the
+        counts before it) are then spent: a re-run takes the result, asks exec no more."""
         try:
             self.items(key, {0: result})
         except TypeError:  # a result JSON cannot hold: not journaled, post still gets it
             _log.debug("exec result under %r not journaled: not serialisable", key)
         else:
-            del self.answers[asked:self.asked]
+            for place, used in self.asked.items():
+                del self.answers.get(place, [])[asked.get(place, 0):used]
             self.asked = asked
         return result
 
@@ -877,7 +889,9 @@ class _Run:
             if value is _NO_VALUE:
                 raise ValueError(f"run {self.run_id!r} is interrupted at node "
                                  f"{cp['node_id']!r}: resume it with value=<the answer>")
-            self.answers = [*cp["interrupt"]["answers"], value]
+            asked = cp["interrupt"]
+            self.answers = {place: list(used) for place, used in asked["answers"]}
+            self.answers.setdefault(asked["place"], []).append(value)
         elif value is not _NO_VALUE:
             raise ValueError(f"run {self.run_id!r} is {status}, not interrupted: there is no "
                              f"question to answer with value={value!r}")
@@ -908,7 +922,9 @@ class _Run:
             if isinstance(exc, Interrupt):
                 self.emit("interrupt", last, exc.node_id, payload=exc.payload)
                 self.checkpoint("interrupted", shared, exc.node_id, None, position, interrupt={
-                    "payload": exc.payload, "answers": self.answers[:self.asked]})
+                    "payload": exc.payload, "place": exc.place, "answers": [
+                        [place, self.answers.get(place, [])[:used]]
+                        for place, used in sorted(self.asked.items()) if used]})
             elif isinstance(exc, Exception):
                 self.emit("error", last, node_id or "", error=exc)
                 self.checkpoint("failed", shared, node_id, None, position, error={
@@ -1303,16 +1319,22 @@ class BaseNode(Generic[PrepRes, ExecRes]):
         """Pause the durable run for a person: raise :class:`Interrupt` with ``payload``
         (JSON-serialisable); after ``graph.resume(..., value=answer)`` the node runs again
         from ``prep`` and this call returns ``answer`` (several calls in one step are
-        answered in order). Any phase may call it. RuntimeError outside a durable run."""
+        answered in order). Any phase may call it, also for one item of a batch or in one run
+        of a concurrent batch graph: each asks and is answered on its own, so one resume
+        answers one question. RuntimeError outside a durable run."""
         frame = self._frame
         if frame is None or frame.run.store is None:
             raise RuntimeError(f"node {self.node_id!r}: interrupt needs a durable run: pass "
                                f"run_id= and store= to the graph's run")
-        run = frame.run
-        if run.asked < len(run.answers):
-            run.asked += 1
-            return run.answers[run.asked - 1]
-        raise Interrupt(run.run_id, self.node_id, payload)  # type: ignore[arg-type]
+        run, place = frame.run, frame.place(self._index)
+        used, answers = run.asked.get(place, 0), run.answers.get(place, ())
+        if used < len(answers):
+            run.asked[place] = used + 1
+            return answers[used]
+        run.asked[place] = used  # its consumed answers are kept with the checkpoint
+        exc = Interrupt(run.run_id, self.node_id, payload)  # type: ignore[arg-type]
+        exc.place = place
+        raise exc
 
     @property
     def idempotency_key(self) -> str:

@@ -207,7 +207,7 @@ def test_an_interrupted_run_records_the_payload_the_node_and_its_position(store)
     cp = store.load(run_id)
     assert (cp["step"], cp["status"], cp["node_id"]) == (2, "interrupted", "ask")
     assert cp["interrupt"] == {"payload": {"question": "ship it?", "order": [42, "blue"]},
-                               "answers": []}
+                               "place": "/", "answers": []}
     assert cp["error"] is None and cp["position"] == [["top", None, 1, "ask"]]
     assert cp["shared"] == {"trail": ["a"]}
     assert [r["status"] for r in store.list_runs(status="interrupted")] == ["interrupted"]
@@ -947,7 +947,7 @@ def test_several_interrupts_in_one_step_are_answered_in_order(store):
                 {}, run_id=run_id, store=store, value=answer)
         payloads.append(caught.value.payload["question"])
         assert store.load(run_id)["interrupt"]["payload"]["question"] == payloads[-1]
-    assert store.load(run_id)["interrupt"]["answers"] == [10, "monday"]
+    assert store.load(run_id)["interrupt"]["answers"] == [["/", [10, "monday"]]]
     approval_graph(calls, questions=("price?", "date?", "ship?")).resume(
         shared := {}, run_id=run_id, store=store, value=True)
     assert payloads == ["price?", "date?", "ship?"]
@@ -1304,12 +1304,8 @@ def test_the_fingerprint_names_every_node_and_edge_and_is_the_same_for_a_rebuilt
     assert store.load(fork)["fingerprint"] == fingerprint
 
 
-# ---------------------------------------------------------------- known bugs (xfail, strict)
+# ---------------------------------------------------------------- each asker its own answers
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: with checkpoint_items, items whose results were recorded do not run again, so "
-    "their interrupt() calls are skipped but their answers stay in the run's answer list: "
-    "a later item's question gets an earlier item's answer"))
 def test_interrupts_in_checkpointed_batch_items_each_get_their_own_answer(store):
     class Review(BatchNode):
         checkpoint_items = True
@@ -1356,10 +1352,6 @@ def test_a_fork_inside_a_batch_graph_resumes_with_the_saved_params_list(store):
     assert ran(log) == ["y1", "b1", "a2", "x2", "y2", "b2", "a3", "x3", "y3", "b3"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: the runs of a concurrent batch graph share one interrupt answer list, so after "
-    "one run's interrupt is answered, another run's interrupt() returns that answer "
-    "instead of asking its own question"))
 def test_interrupts_in_two_concurrent_batch_runs_each_ask_their_own_question(store):
     class Ask(AsyncNode):
         async def exec_async(self, _):
