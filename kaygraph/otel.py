@@ -23,6 +23,7 @@ from typing import Any
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -33,6 +34,10 @@ from kaygraph import Event, Interrupt, __version__
 __all__ = ["TracingListener"]
 
 _STARTS = {"run_start": "run", "step_start": "step", "item_start": "item"}
+# Set in the context a listener makes current for a span: the event it started for, and the
+# context it started in.
+_EVENT = otel_context.create_key("kaygraph-event")
+_OUTSIDE = otel_context.create_key("kaygraph-outside")
 _ENDS = {"run_end": "run", "step_end": "step", "item_end": "item"}
 
 
@@ -40,25 +45,19 @@ class _Open:
     """A span this listener started and has not ended; ``parent`` is the one open around
     it in the same context (a chain, so a copied context sees its own)."""
 
-    __slots__ = ("span", "kind", "path", "item_index", "parent", "token", "otel_token",
+    __slots__ = ("span", "kind", "path", "item_index", "parent", "token", "outside",
                  "attempts", "gave_up")
 
     def __init__(self, span: Span, kind: str, event: Event, parent: _Open | None) -> None:
         self.span, self.kind, self.parent = span, kind, parent
         self.path, self.item_index = event.path, event.item_index
         self.token: contextvars.Token[_Open | None] | None = None
-        self.otel_token: Any = None
+        self.outside: Context | None = None  # what was current when it started
         self.attempts, self.gave_up = 0, False  # failed attempts seen; the last gave up
 
     def matches(self, kind: str, event: Event) -> bool:
         return (self.kind == kind and self.path == event.path
                 and self.item_index == event.item_index)
-
-
-# The innermost open span of this context. Our own variable, beside OpenTelemetry's: its
-# token tells whether an end runs in the context its start ran in, where a detach is valid.
-_open: contextvars.ContextVar[_Open | None] = contextvars.ContextVar("kaygraph_otel_open",
-                                                                    default=None)
 
 
 def _attributes(event: Event) -> dict[str, Any]:
@@ -116,6 +115,11 @@ class TracingListener:
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("kaygraph", __version__,
                                         tracer_provider=tracer_provider)
+        # The innermost span of this listener open in each context. Beside OpenTelemetry's
+        # own variable: its token tells whether an end runs in the context its start ran
+        # in (where a detach is valid); one per listener, so two listeners never mix spans.
+        self._open: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
+            f"kaygraph_otel_{id(self)}", default=None)
 
     def __repr__(self) -> str:
         return f"TracingListener(tracer_provider={self.tracer_provider!r})"
@@ -131,16 +135,26 @@ class TracingListener:
         # "interrupt" and "error" come with the step_end and run_end that record them
 
     def _start(self, kind: str, event: Event) -> None:
-        parent_context = otel_context.get_current()
-        name = f"{kind} {event.node_id}"
-        span = self._tracer.start_span(name, context=parent_context,
+        # A run is a child of the span current where it starts, a step or item of this
+        # listener's span around it: the spans of another listener on the same run (made
+        # current a moment ago, for this very event) never become parents.
+        outside = otel_context.get_current()
+        while otel_context.get_value(_EVENT, outside) is event:
+            outside = otel_context.get_value(_OUTSIDE, outside)  # type: ignore[assignment]
+        parent, parent_context = self._open.get(), outside
+        if parent is not None and kind != "run":
+            parent_context = trace.set_span_in_context(parent.span, outside)
+        span = self._tracer.start_span(f"{kind} {event.node_id}", context=parent_context,
                                        attributes=_attributes(event))
-        entry = _Open(span, kind, event, _open.get())
-        entry.token = _open.set(entry)
-        entry.otel_token = otel_context.attach(trace.set_span_in_context(span, parent_context))
+        entry = _Open(span, kind, event, parent)
+        entry.token = self._open.set(entry)
+        entry.outside = outside
+        current = trace.set_span_in_context(span, parent_context)
+        current = otel_context.set_value(_OUTSIDE, outside, current)
+        otel_context.attach(otel_context.set_value(_EVENT, event, current))
 
     def _find(self, kind: str, event: Event) -> _Open | None:
-        entry = _open.get()
+        entry = self._open.get()
         while entry is not None:
             if entry.matches(kind, event):
                 return entry
@@ -157,17 +171,18 @@ class TracingListener:
             return
         # Spans opened inside this one and never ended (a listener before this one raised)
         # end with it.
-        inner = _open.get()
+        inner = self._open.get()
         while inner is not None and inner is not entry:
             self._finish(inner, event.error, None)
             inner = inner.parent
         self._finish(entry, event.error, event.action)
         assert entry.token is not None
-        try:  # only valid in the context the start ran in (a closed async stream may not be)
-            _open.reset(entry.token)
+        try:  # only in the context the start ran in (a closed async stream may not be)
+            self._open.reset(entry.token)
         except (ValueError, RuntimeError):
             return
-        otel_context.detach(entry.otel_token)
+        # What was current before, not a detach: listeners end in the order they started.
+        otel_context.attach(entry.outside)  # type: ignore[arg-type]
 
     def _finish(self, entry: _Open, error: BaseException | None, action: Any) -> None:
         span = entry.span

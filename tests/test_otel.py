@@ -140,6 +140,16 @@ def test_the_run_span_is_a_child_of_the_span_current_where_the_run_starts(otel):
     assert tree(exporter) == ["request"] + ["  " + line for line in NESTED]
 
 
+def test_two_tracing_listeners_on_one_run_each_make_their_own_tree(otel):
+    listener, exporter, _ = otel
+    other_spans, other = InMemorySpanExporter(), TracerProvider()
+    other.add_span_processor(SimpleSpanProcessor(other_spans))
+    before = otel_context.get_current()
+    nested().run({}, listeners=[listener, TracingListener(other)])
+    assert tree(exporter) == tree(other_spans) == NESTED
+    assert otel_context.get_current() is before
+
+
 def test_a_graph_run_by_two_threads_at_once_makes_two_separate_traces(otel):
     listener, exporter, _ = otel
     barrier = threading.Barrier(2, timeout=30)
