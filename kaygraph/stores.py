@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,10 +36,38 @@ _CHECKPOINT_KEYS = frozenset({
 })
 _ATOMS = frozenset({str, bytes, int, float, bool, type(None)})
 _NOTHING: frozenset[str] = frozenset()
-_index_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _compact_json() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``, with its C encoder
+    made once: ``JSONEncoder.encode`` makes a new one per call, which costs more than
+    encoding a small checkpoint. Where ``json`` has no C encoder (its internal
+    ``c_make_encoder``), ``JSONEncoder.encode``. No check for circular references: one
+    fails as RecursionError, which the callers turn into the same TypeError."""
+    base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    probe = {"a": [1.5, None, True, "é\n"], "b": {}}
+    try:
+        c_encode = make(None, base.default, json.encoder.encode_basestring, None, ":", ",",
+                        False, False, True)  # type: ignore[misc]
+        if "".join(c_encode(probe, 0)) != base.encode(probe):
+            raise TypeError("not the same JSON")
+    except TypeError:  # no C encoder, or one that takes other arguments
+        return base.encode
+    join = "".join
+    return lambda obj: join(c_encode(obj, 0))
+
+
+_encode = _compact_json()
+_NUMBERS = frozenset({int, float, bool, type(None)})
+_HUGE = 10**60  # ints below this in size are under _INLINE bytes of JSON
 # A shared value serialised to at most this many bytes is kept in its checkpoint's row
 # rather than as a blob: it costs no more there than its hash would, and saves a write.
 _INLINE = 64
+
+# The fields of a checkpoint row's meta, serialised as a list in this order: smaller than
+# an object with these keys, so more rows fit a page and a run's appends split fewer.
+_META = ("position", "params", "action", "error", "interrupt", "inline")
 
 # A checkpoint row, as every backend keeps it: (step, nonce, status, node_id, time,
 # fingerprint hash, shared index as JSON {key: hash, or "" when the value is inline},
@@ -56,13 +84,13 @@ class _Codec:
     lacks ``dumps``/``loads`` or its ``dumps(None)`` is neither bytes nor str.
     """
 
-    __slots__ = ("name", "dumps", "loads")
+    __slots__ = ("name", "dumps", "loads", "json")
 
     def __init__(self, serializer: Any) -> None:
+        self.json = serializer is None  # the default: small numbers need no dumps to size
         if serializer is None:
-            encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
             self.name = "json"
-            self.dumps: Any = lambda obj: encode(obj).encode()
+            self.dumps: Any = _json_dumps
             self.loads: Any = json.loads  # takes bytes
             return
         dumps, loads = getattr(serializer, "dumps", None), getattr(serializer, "loads", None)
@@ -82,6 +110,19 @@ class _Codec:
         else:
             raise TypeError(f"serializer {self.name}: dumps must return bytes or str, "
                             f"got {type(probe).__name__}")
+
+
+def _json_dumps(obj: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes. An int, None or a bool is written directly: the
+    encoder's set-up per call costs more than the value (a step's result is often one)."""
+    kind = type(obj)
+    if kind is int:
+        return int.__repr__(obj).encode()  # what json writes for an int
+    if obj is None:
+        return b"null"
+    if kind is bool:
+        return b"true" if obj else b"false"
+    return _encode(obj).encode()
 
 
 def _immutable(value: Any) -> bool:
@@ -160,11 +201,13 @@ class _Stale(Exception):
 class _Seen:
     """What this store object knows is committed for one run: what a save may skip."""
 
-    __slots__ = ("step", "nonce", "hashes", "objs", "fp")
+    __slots__ = ("step", "nonce", "hashes", "objs", "fp", "index")
 
     def __init__(self, step: int, nonce: int, hashes: set[str],
-                 objs: dict[str, tuple[Any, str]], fp: tuple[Any, str]) -> None:
+                 objs: dict[str, tuple[Any, str]], fp: tuple[Any, str],
+                 index: tuple[dict[str, str], str]) -> None:
         self.step, self.nonce, self.hashes, self.objs, self.fp = step, nonce, hashes, objs, fp
+        self.index = index  # the shared index of that checkpoint, and its JSON
 
 
 def _unknown_run(run_id: str) -> KeyError:
@@ -250,18 +293,17 @@ class BaseStore:
         if missing:
             raise RuntimeError(f"run {run_id!r} step {step}: the store lacks the values "
                                f"{sorted(missing)}; it was changed outside kaygraph")
-        fields = loads(meta)
-        inline = fields["inline"]
+        position, params, action, error, interrupt, inline = loads(meta)
         shared = {key: loads(blobs[digest]) if digest else inline[key]
                   for key, digest in index.items()}
         fingerprint = loads(blobs[fp_hash])
         objs = {k: (v, index[k]) for k, v in shared.items() if _immutable(v)}
-        self._remember(run_id, _Seen(step, nonce, set(blobs), objs, (fingerprint, fp_hash)))
+        self._remember(run_id, _Seen(step, nonce, set(blobs), objs, (fingerprint, fp_hash),
+                                     (index, index_json)))
         return {
             "run_id": run_id, "step": step, "status": status, "node_id": node_id,
-            "position": fields["position"], "shared": shared, "params": fields["params"],
-            "action": fields["action"], "error": fields["error"],
-            "interrupt": fields["interrupt"], "fingerprint": fingerprint, "time": at,
+            "position": position, "shared": shared, "params": params, "action": action,
+            "error": error, "interrupt": interrupt, "fingerprint": fingerprint, "time": at,
         }
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
@@ -335,7 +377,8 @@ class BaseStore:
     # -- shared logic
 
     def _save(self, cp: dict[str, Any], expected_step: int | None, seen: _Seen | None) -> None:
-        dumps, name = self._codec.dumps, self._codec.name
+        codec = self._codec
+        dumps, sized = codec.dumps, codec.json
         node_id = cp["node_id"]
         known = seen.hashes if seen is not None else _NOTHING
         last = seen.objs if seen is not None else {}
@@ -353,11 +396,20 @@ class BaseStore:
                 continue
             if type(key) is not str:
                 raise TypeError(f"shared key {key!r} written by node {node_id!r} is not a str")
+            kind = type(value)
+            # JSON holds a number, None, a bool or a str of up to 10 characters in at most
+            # _INLINE bytes: inline, and serialised once, with the row's other fields.
+            if sized and ((kind in _NUMBERS and (kind is not int or -_HUGE < value < _HUGE))
+                          or (kind is str and len(value) <= 10)):
+                index[key] = ""
+                inline[key] = value
+                objs[key] = (value, "")
+                continue
             try:
                 data = dumps(value)
             except Exception as exc:
                 raise TypeError(f"shared[{key!r}] written by node {node_id!r} cannot be "
-                                f"serialised by {name}: {exc}") from exc
+                                f"serialised by {codec.name}: {exc}") from exc
             if len(data) <= _INLINE:
                 digest = index[key] = ""
                 inline[key] = value
@@ -376,9 +428,15 @@ class BaseStore:
             if fp_hash not in known:
                 blobs[fp_hash] = data
         meta = self._meta(cp, inline)
+        # The index is most often the last one again (the same keys in the same order,
+        # values unchanged or inline): its JSON too, then.
+        if seen is not None and seen.index[0] == index and list(seen.index[0]) == list(index):
+            index_json = seen.index[1]
+        else:
+            index_json = _encode(index)
         step, status, run_id, nonce = cp["step"], cp["status"], cp["run_id"], _nonce()
-        row: Row = (step, nonce, status, node_id, float(cp["time"]), fp_hash,
-                    _index_json(index), meta)
+        row: Row = (step, nonce, status, node_id, float(cp["time"]), fp_hash, index_json,
+                    meta)
         try:
             self._commit(run_id, expected_step, None if seen is None else seen.nonce, row,
                          list(blobs.items()))
@@ -397,14 +455,15 @@ class BaseStore:
         hashes = seen.hashes if seen is not None and len(known) < self._SEEN_HASHES else set()
         hashes.update(index.values())
         hashes.add(fp_hash)
-        self._remember(run_id, _Seen(step, nonce, hashes, objs, (fingerprint, fp_hash)))
+        self._remember(run_id, _Seen(step, nonce, hashes, objs, (fingerprint, fp_hash),
+                                     (index, index_json)))
 
     def _meta(self, cp: dict[str, Any], inline: dict[str, Any]) -> bytes:
         """Serialise the fields other than fingerprint, and the small values of shared,
         into one blob; on failure a TypeError naming the first field (or params key) that
         cannot be serialised."""
-        fields = {"position": cp["position"], "params": cp["params"], "action": cp["action"],
-                  "error": cp["error"], "interrupt": cp["interrupt"], "inline": inline}
+        fields = [cp["position"], cp["params"], cp["action"], cp["error"], cp["interrupt"],
+                  inline]
         dumps = self._codec.dumps
         try:
             return dumps(fields)  # type: ignore[no-any-return]
@@ -414,7 +473,10 @@ class BaseStore:
                 (f"params[{k!r}] of node {node!r}", v) for k, v in cp["params"].items()]
             if isinstance(cp["interrupt"], dict) and "payload" in cp["interrupt"]:
                 parts.append((f"interrupt payload of node {node!r}", cp["interrupt"]["payload"]))
-            parts += [(f"checkpoint[{k!r}] of node {node!r}", v) for k, v in fields.items()]
+            # small values of shared are first serialised here (a lone surrogate in a str)
+            parts += [(f"shared[{k!r}] written by node {node!r}", v) for k, v in inline.items()]
+            parts += [(f"checkpoint[{k!r}] of node {node!r}", v)
+                      for k, v in zip(_META, fields, strict=True)]
             what, error = f"the checkpoint of node {node!r}", exc
             for part, value in parts:
                 try:
@@ -607,12 +669,7 @@ class _Database:
         (committed at the end, rolled back on any error) unless it is None."""
         with self.lock:
             try:
-                if self._conn is None or self._pid != os.getpid():  # new, closed or forked
-                    self._conn = None
-                    conn = self._open()
-                    self._run(conn, self.begin_write, self.schema)
-                    self._conn, self._pid = conn, os.getpid()
-                cur = self._conn.cursor()
+                cur = self._connection().cursor()
                 if begin is None:
                     yield cur
                     return
@@ -625,6 +682,27 @@ class _Database:
                 cur.execute("COMMIT")
             except self.errors as exc:
                 raise (self._convert(exc) or exc) from exc
+
+    def run(self, statement: str, params: tuple[Any, ...]) -> int:
+        """Execute one statement on its own (in autocommit: atomic, its own transaction),
+        under the lock; return the number of rows it changed. For the hot paths: no
+        cursor object, no BEGIN and COMMIT round trips. Only for a backend whose library
+        commits a lone statement (SQLite with ``isolation_level=None``)."""
+        with self.lock:
+            try:
+                changed: int = self._connection().execute(statement, params).rowcount
+                return changed
+            except self.errors as exc:
+                raise (self._convert(exc) or exc) from exc
+
+    def _connection(self) -> Any:
+        # Called under the lock. A new, closed or forked-into connection is (re)opened.
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = None
+            conn = self._open()
+            self._run(conn, self.begin_write, self.schema)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
 
     def _rollback(self, cur: Any) -> None:
         try:
@@ -658,8 +736,19 @@ class _Database:
         raise NotImplementedError
 
 
+# Every commit appends each page it changed to the WAL, and the WAL is flushed to disk
+# (fsync) when it is copied back into the database (a checkpoint): bytes per commit are what
+# a durable step pays for. 2 KiB pages halve them against SQLite's 4 KiB, and still hold
+# a checkpoint row of a few hundred bytes without overflow pages. The WAL is checkpointed
+# at about 4 MiB (SQLite's default: 1,000 pages of 4 KiB), so a checkpoint's fixed cost is
+# spread over as many commits.
+_PAGE_SIZE = 2048
+_WAL_PAGES = 4 * 2**20 // _PAGE_SIZE
+
+
 class _SQLite(_Database):
-    """An SQLite file in WAL mode, ``synchronous=NORMAL``, a 30 s busy timeout."""
+    """An SQLite file in WAL mode, ``synchronous=NORMAL``, a 30 s busy timeout; a new file
+    gets 2 KiB pages (see ``_PAGE_SIZE``)."""
 
     def __init__(self, path: Any) -> None:
         super().__init__()
@@ -682,8 +771,11 @@ class _SQLite(_Database):
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
                                check_same_thread=False)
         try:
+            # Only a new file takes it (before its first table); see _PAGE_SIZE.
+            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
         except BaseException:
             conn.close()
             raise
@@ -859,7 +951,9 @@ class SQLiteStore(_SQLStore):
     ``SQLiteStore(path, serializer=None)``: ``path`` (str or os.PathLike) is created on
     first use, not here; ``serializer`` as in the module docstring. WAL mode,
     ``synchronous=NORMAL`` (a commit survives a crash of the process; a power cut may lose
-    the last ones), writers wait up to 30 seconds for each other (``BEGIN IMMEDIATE``).
+    the last ones), writers wait up to 30 seconds for each other. A checkpoint that adds
+    no new value, and one item result, are each one statement (its own transaction, the
+    compare-and-set inside it); the other writes one ``BEGIN IMMEDIATE`` transaction.
     One connection per object, shared by its threads under a lock. ``close()`` or ``with``
     closes it. A store and an ``SQLiteCache`` may share a file.
 
@@ -872,6 +966,12 @@ class SQLiteStore(_SQLStore):
     def __init__(self, path: str | os.PathLike[str], serializer: Any = None) -> None:
         self._sqlite = _SQLite(path)
         super().__init__(self._sqlite, serializer)
+        # The compare-and-set and the insert in one statement: a lone statement is its
+        # own transaction and takes the write lock before it reads, so it is atomic.
+        self._put_row_at_head = self._db.sql(
+            "INSERT INTO {cps} (run_id, " + _ROW + ") SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " WHERE (SELECT step = ? AND nonce = ? FROM {cps} WHERE run_id = ?"
+            " ORDER BY step DESC LIMIT 1)", cps=self._db.name("kaygraph_checkpoints"))
 
     @property
     def path(self) -> str:
@@ -880,6 +980,21 @@ class SQLiteStore(_SQLStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+    # One round trip for the two writes of every durable step (a checkpoint with no new
+    # value, one exec result); anything else, or a failed compare-and-set (to tell a
+    # conflict from a stale memory), goes the general way.
+    def _commit(self, run_id: str, expected_step: int | None, expected_nonce: int | None,
+                row: Row, blobs: list[tuple[str, bytes]]) -> None:
+        if blobs or expected_nonce is None or not self._db.run(
+                self._put_row_at_head, (run_id, *row, expected_step, expected_nonce, run_id)):
+            super()._commit(run_id, expected_step, expected_nonce, row, blobs)
+
+    def _put_items(self, run_id: str, position: str, rows: list[tuple[int, bytes]]) -> None:
+        if len(rows) == 1:
+            self._db.run(self._put_item, (run_id, position, *rows[0]))
+        else:
+            super()._put_items(run_id, position, rows)
 
 
 # --------------------------------------------------------------------------- caches
