@@ -461,6 +461,128 @@ def test_single_flight_async_parallel_batch_items(watched) -> None:
     assert shared["out"] == [{"value": "computed same"}] * N
 
 
+def test_a_call_that_lands_between_a_look_up_and_its_take_off_is_still_a_hit(watched) -> None:
+    # B looks up first and misses; before B takes off, A runs exec and stores the result.
+    # B must find it (the policy looks again once it holds the flight), not run exec.
+    node = Flaky(0, cache_policy=CachePolicy(watched))
+    landed, outs = threading.Event(), {}
+    inner_set = watched.set
+
+    def set_and_signal(key: str, value: Any, ttl: float | None = None) -> None:
+        inner_set(key, value, ttl)
+        landed.set()
+
+    watched.set = set_and_signal  # type: ignore[method-assign]
+    watched.on_get = lambda count: (threading.current_thread().name == "B" and count == 1
+                                    and landed.wait(WAIT))
+
+    def run(name: str) -> None:
+        shared = {"input": "k"}
+        node.run(shared)
+        outs[name] = shared["out"]
+
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    assert watched.wait_gets(1)  # B has missed and waits in on_get
+    run("A")
+    b.join()
+    assert node.attempts == ["k"]  # A's exec only
+    assert outs == {"A": {"answer": "k", "attempts": 1}, "B": {"answer": "k", "attempts": 1}}
+    assert len(watched.sets) == 1
+
+
+def test_a_waiter_runs_its_own_call_when_the_call_in_flight_is_abandoned(watched) -> None:
+    in_exec, b_started, gets = threading.Event(), threading.Event(), {}
+
+    class Owner(Node):
+        calls: list[str] = []
+
+        def exec(self, prep_res: Any) -> Any:
+            self.calls.append(threading.current_thread().name)
+            if len(self.calls) == 1:  # the first call: wait until B looked up, then stop hard
+                in_exec.set()
+                assert b_started.wait(WAIT) and watched.wait_gets(gets["before_b"] + 1)
+                raise KeyboardInterrupt  # a BaseException: no result, no error to share
+            return "computed by the second call"
+
+    node = Owner(cache_policy=CachePolicy(watched))
+    outs: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            node.run({})
+            outs[name] = "ran"
+        except KeyboardInterrupt:
+            outs[name] = "interrupted"
+
+    a = threading.Thread(target=run, args=("A",), name="A")
+    a.start()
+    assert in_exec.wait(WAIT)  # A holds the flight
+    gets["before_b"] = watched.gets
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    b_started.set()
+    a.join()
+    b.join()
+    assert outs == {"A": "interrupted", "B": "ran"} and Owner.calls == ["A", "B"]
+    assert [v for _, v, _ in watched.sets] == ["computed by the second call"]
+
+
+def test_async_a_waiter_runs_its_own_call_when_the_task_in_flight_is_cancelled(watched) -> None:
+    calls: list[str] = []
+
+    in_exec: list[asyncio.Event] = []
+
+    class Owner(AsyncNode):
+        async def exec_async(self, prep_res: Any) -> Any:
+            calls.append(prep_res)
+            if len(calls) == 1:
+                in_exec[0].set()
+                await asyncio.Event().wait()  # until cancelled
+            return f"computed by call {len(calls)}"
+
+        async def post_async(self, shared: dict, prep_res: Any, exec_res: Any) -> None:
+            shared["out"] = exec_res
+
+    node = Owner(cache_policy=CachePolicy(watched))
+
+    async def main() -> dict:
+        waiting = asyncio.Event()
+        in_exec.append(asyncio.Event())
+        owner = asyncio.ensure_future(node.run_async({}))
+        await asyncio.wait_for(in_exec[0].wait(), WAIT)  # the owner holds the flight
+        before = watched.gets
+        watched.on_get = lambda count: count > before and waiting.set()
+        shared: dict = {}
+        waiter = asyncio.ensure_future(node.run_async(shared))
+        await asyncio.wait_for(waiting.wait(), WAIT)  # both looked up: the waiter waits
+        owner.cancel()
+        await asyncio.wait_for(waiter, WAIT)
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+        return shared
+
+    assert asyncio.run(main()) == {"out": "computed by call 2"}
+    assert len(calls) == 2 and len(watched.sets) == 1
+
+
+def test_async_an_error_is_not_stored_and_the_next_call_runs_again(watched) -> None:
+    calls: list[Any] = []
+
+    class Fails(AsyncNode):
+        async def exec_async(self, prep_res: Any) -> Any:
+            calls.append(prep_res)
+            raise RuntimeError("quota exceeded")
+
+    policy = CachePolicy(watched, ttl=60, version="v9")
+    assert repr(policy) == f"CachePolicy({watched!r}, ttl=60, version='v9')"
+    for attempt in (1, 2):
+        with pytest.raises(RuntimeError, match="quota exceeded"):
+            asyncio.run(Fails(cache_policy=policy).run_async({}))
+        assert len(calls) == attempt
+    assert watched.sets == []
+
+
 # ---------------------------------------------------------------- every node type
 
 def work(calls: list, x: Any) -> Any:
