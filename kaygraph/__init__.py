@@ -555,6 +555,8 @@ class Event(NamedTuple):
 
 
 _log = logging.getLogger("kaygraph")
+
+
 class _Sentinel:
     """A marker default with a stable repr (for ``help()`` and the API reference)."""
 
@@ -567,7 +569,6 @@ class _Sentinel:
 
 _NO_VALUE: Any = _Sentinel("<no value>")  # resume(value=...) not given
 _FRESH: Any = _Sentinel("<fresh run>")  # a run, not a resume
-_STATUSES = ("running", "interrupted", "done", "failed")
 
 
 def _graphs(graph: Graph) -> Iterator[tuple[Graph, dict[str, BaseNode[Any, Any]]]]:
@@ -900,7 +901,7 @@ class _Run:
         self.step = self.saved = cp["step"]
         # Every checkpoint but the failed and interrupted ones marks a completed step.
         self.completed = cp["step"] - sum(h["status"] != "running" for h in
-                                          self.store.history(self.run_id))  # type: ignore
+                                          self.store.history(self.run_id))  # type: ignore[union-attr,arg-type]
         self.resume, self.resumed = cp["position"], not cp["position"]
         self.last_node = cp["node_id"]
         if not cp["position"]:  # resumed at the top: its batch list and completed runs
