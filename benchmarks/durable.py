@@ -412,11 +412,11 @@ def _resume_kaygraph(env: Env, path: str, steps: int) -> tuple[float, list[int]]
     store = SQLiteStore(path)
     shared: dict[str, Any] = {}
     start = time.perf_counter()
-    if store.load("crash") is None:
+    try:
+        graph.resume(shared, run_id="crash", store=store)
+    except KeyError:  # nothing was saved: the run starts again
         shared.update(n=0, limit=steps)
         graph.run(shared, run_id="crash", store=store)
-    else:
-        graph.resume(shared, run_id="crash", store=store)
     store.close()
     if shared.get("n") != steps:
         raise AssertionError(f"kaygraph resumed to n={shared.get('n')}, expected {steps}")
@@ -436,11 +436,11 @@ def _resume_langgraph(env: Env, path: str, steps: int, mode: str) -> tuple[float
         return {"n": s["n"] + 1}
 
     conn = sqlite3.connect(path, check_same_thread=False)
-    app = _lg_loop(env.langgraph.module, LoopState, step).compile(
-        checkpointer=SqliteSaver(conn))
+    saver = SqliteSaver(conn)
+    app = _lg_loop(env.langgraph.module, LoopState, step).compile(checkpointer=saver)
     config = _lg_config("crash", steps)
     start = time.perf_counter()
-    if app.get_state(config).next:  # a checkpoint with steps still to run: resume it
+    if saver.get_tuple(config) is not None:  # a checkpoint of the thread: go on from it
         out = app.invoke(None, config, durability=mode)
     else:  # nothing was saved: the run starts again
         out = app.invoke({"n": 0, "limit": steps}, config, durability=mode)
@@ -519,7 +519,7 @@ def crash_resume(env: Env) -> dict[str, Any]:
         "measures": f"A child process runs the {steps:,}-step loop on a fresh SQLite file and "
         f"calls os._exit inside step {after + 1:,} (after {after:,} completed steps); this "
         f"process then resumes the run (LangGraph: invoke(None) on the thread when it has a "
-        f"checkpoint to go on from, else the run starts again) and counts the completed steps "
+        f"checkpoint, else the run starts again) and counts the completed steps "
         f"that run again, and the time from the call to the first step. Median of "
         f"{s.crash_rounds} crash(es) per row.",
         "rows": rows, "targets": targets,

@@ -26,7 +26,9 @@ def _num(value: float | None) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}x"
+    if value is None:
+        return ""
+    return f"{value:.2g}x" if abs(value) < 0.1 else f"{value:.2f}x"  # 0.0013x, not 0.00x
 
 
 def _extra(row: dict[str, Any]) -> str:
