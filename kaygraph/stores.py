@@ -66,7 +66,8 @@ _HUGE = 10**60  # ints below this in size are under _INLINE bytes of JSON
 _INLINE = 64
 
 # The fields of a checkpoint row's meta, serialised as a list in this order: smaller than
-# an object with these keys, so more rows fit a page and a run's appends split fewer.
+# an object with these keys (as rows were written before; load reads both), so more rows
+# fit a page and a run's appends split fewer.
 _META = ("position", "params", "action", "error", "interrupt", "inline")
 
 # A checkpoint row, as every backend keeps it: (step, nonce, status, node_id, time,
@@ -293,7 +294,10 @@ class BaseStore:
         if missing:
             raise RuntimeError(f"run {run_id!r} step {step}: the store lacks the values "
                                f"{sorted(missing)}; it was changed outside kaygraph")
-        position, params, action, error, interrupt, inline = loads(meta)
+        fields = loads(meta)
+        if isinstance(fields, dict):  # a row written while meta was an object with _META keys
+            fields = [fields[name] for name in _META]
+        position, params, action, error, interrupt, inline = fields
         shared = {key: loads(blobs[digest]) if digest else inline[key]
                   for key, digest in index.items()}
         fingerprint = loads(blobs[fp_hash])

@@ -785,6 +785,19 @@ def test_a_value_missing_from_the_database_is_a_clear_error(tmp_path):
             store.load("r")
 
 
+def test_a_row_whose_meta_is_an_object_as_rows_were_once_written_still_loads(tmp_path):
+    with SQLiteStore(tmp_path / "runs.sqlite3") as store:
+        cp = checkpoint("r", 1, shared={"n": 1, "note": "kept"}, action="go")
+        store.save(cp, None)
+        old = json.dumps({"position": cp["position"], "params": cp["params"], "action": "go",
+                          "error": None, "interrupt": None, "inline": {"n": 1, "note": "kept"}})
+        with closing(sqlite3.connect(store.path)) as conn, conn:
+            conn.execute("UPDATE kaygraph_checkpoints SET meta = ?", (old.encode(),))
+        got = SQLiteStore(store.path).load("r")
+        assert got["shared"] == {"n": 1, "note": "kept"} and got["action"] == "go"
+        assert got["position"] == cp["position"] and got["params"] == {"city": "Lyon"}
+
+
 def test_memory_store_is_a_fresh_database_per_object():
     first, second = MemoryStore(), MemoryStore()
     first.save(checkpoint("r", 1), None)
