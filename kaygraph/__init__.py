@@ -679,7 +679,7 @@ class _Frame:
         self.next = None if nxt is None else nxt.node_id
         if not self.detached:
             run.answers, run.last_node = {}, node.node_id  # the answers were for this step
-            run.completed += 1
+            run.completed, run.held = run.completed + 1, None
             if run.resumed_key and node.__dict__.get("_step_key") == run.resumed_key:
                 run.resumed_key = ""  # the resumed step is done: no more look-ups
             run.checkpoint("running", shared, node.node_id, action, self.position())
@@ -725,24 +725,32 @@ class _Frame:
             run.items(f"{graph._step_key}#runs", {index: True})
 
 
+JOURNAL_AFTER = 0.001  # seconds: an exec at least this long is journaled before post
+
+
 def _journal(node: Any) -> None:
     """Record ``exec``'s result as soon as it returns, before ``post``: a re-run of this
-    step (a crash or an error in ``post``, an interrupt) takes it instead of running
-    ``exec`` again. Set on the step's copy only, so a plain run pays nothing for it."""
+    step (an error or a crash in ``post``, an interrupt) takes it instead of running
+    ``exec`` again. An ``exec`` that ran for less than ``JOURNAL_AFTER`` seconds costs
+    less to run again than the write would: its result is written only if the step does
+    not complete (an error, an interrupt, a stop), so only a hard crash inside ``post``
+    runs it again. Set on the step's copy only, so a plain run pays nothing for it."""
     run, key = node._frame.run, f"{node._step_key}#exec"
     if node._is_async:
         inner_async = node._exec_async
 
         async def exec_async(prep_res: Any) -> Any:
-            found, asked = run.recall(key), {**run.asked}
-            return found[0] if found else run.journal(key, await inner_async(prep_res), asked)
+            found, asked, start = run.recall(key), {**run.asked}, time.perf_counter()
+            return found[0] if found else run.journal(
+                key, await inner_async(prep_res), asked, time.perf_counter() - start)
         node._exec_async = exec_async
     else:
         inner = node._exec
 
         def exec_(prep_res: Any) -> Any:
-            found, asked = run.recall(key), {**run.asked}
-            return found[0] if found else run.journal(key, inner(prep_res), asked)
+            found, asked, start = run.recall(key), {**run.asked}, time.perf_counter()
+            return found[0] if found else run.journal(
+                key, inner(prep_res), asked, time.perf_counter() - start)
         node._exec = exec_
 
 
@@ -780,6 +788,7 @@ class _Run:
         self.answers: dict[str, list[Any]] = {}
         self.asked: dict[str, int] = {}
         self.pending: dict[str, dict[int, Any]] = {}  # "exit": item writes kept for the end
+        self.held: tuple[str, Any, dict[str, int]] | None = None  # a journal not yet written
         self.params: dict[str, Any] = {}
         self.last_node: str | None = None  # the node of the last completed step
         self.completed = 0  # steps completed in the run: what idempotency keys count
@@ -839,9 +848,14 @@ class _Run:
         found = self.recall_all(key)
         return [found[0]] if 0 in found else []
 
-    def journal(self, key: str, result: Any, asked: dict[str, int]) -> Any:
-        """Journal exec's ``result``; the interrupt answers exec used (beyond ``asked``, the
-        counts before it) are then spent: a re-run takes the result, asks exec no more."""
+    def journal(self, key: str, result: Any, asked: dict[str, int], seconds: float,
+                now: bool = False) -> Any:
+        """Journal exec's ``result`` (now, or held until the step ends without completing:
+        see :func:`_journal`); the interrupt answers exec used (beyond ``asked``, the counts
+        before it) are then spent: a re-run takes the result and asks exec no more."""
+        if not now and self.sync and seconds < JOURNAL_AFTER:
+            self.held = (key, result, asked)
+            return result
         try:
             self.items(key, {0: result})
         except TypeError:  # a result JSON cannot hold: not journaled, post still gets it
@@ -920,6 +934,9 @@ class _Run:
         last = self.last
         node_id, position = last.next, last.position()
         try:
+            if self.held is not None:  # the step did not complete: keep exec's result
+                (key, result, asked), self.held = self.held, None
+                self.journal(key, result, asked, 0.0, now=True)
             if isinstance(exc, Interrupt):
                 self.emit("interrupt", last, exc.node_id, payload=exc.payload)
                 self.checkpoint("interrupted", shared, exc.node_id, None, position, interrupt={

@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from kaygraph import (
+    JOURNAL_AFTER,
     AsyncBatchGraph,
     AsyncBatchNode,
     AsyncGraph,
@@ -35,7 +36,8 @@ from kaygraph import (
 
 
 class Crash(BaseException):
-    """Stops a run as a kill would: not an Exception, so under "sync" nothing is recorded."""
+    """Stops a run short of a kill: not an Exception, so under "sync" no "failed" checkpoint
+    is recorded (a held exec journal is, as for any stop); real kills: test_durable_crash."""
 
 
 def new_run():
@@ -672,6 +674,49 @@ def test_exec_is_journaled_before_post_so_a_failing_post_reruns_only_post(store)
     make().resume(shared := {}, run_id=run_id, store=store)
     assert calls.count("exec") == 1 and calls.count("prep") == 3 and calls.count("post") == 3
     assert shared == {"amount": 5, "result": {"charged": 5, "receipt": "r-2"}}
+
+
+@pytest.mark.parametrize("seconds, on_disk", [(5 * JOURNAL_AFTER, True), (0, False)])
+def test_an_exec_worth_journaling_is_on_disk_before_post_runs(store, seconds, on_disk):
+    # An exec of JOURNAL_AFTER or longer is written before post (a crash in post will not
+    # run it again); a cheaper one is held in memory, cheaper to run again than to write.
+    run_id, seen = new_run(), {}
+
+    class Call(Node):
+        def exec(self, _):
+            time.sleep(seconds)  # the work itself (an API call), not a wait for a thread
+            return {"answer": 42}
+
+        def post(self, shared, _, result):
+            seen["journal"] = store.load_items(run_id, "top[None]0/call#exec")
+            shared["result"] = result
+
+    Graph(Call(node_id="call"), node_id="top").run({}, run_id=run_id, store=store)
+    assert seen["journal"] == ({0: {"answer": 42}} if on_disk else {})
+
+
+def test_a_held_exec_result_is_written_when_post_fails_and_not_run_again(store):
+    run_id, calls = new_run(), []
+
+    class Quick(Node):
+        def exec(self, _):
+            calls.append("exec")
+            return len(calls)
+
+        def post(self, shared, _, result):
+            calls.append("post")
+            if calls.count("post") == 1:
+                raise ConnectionError("post failed")
+            shared["result"] = result
+
+    def make():
+        return Graph(Quick(node_id="quick"), node_id="top")
+
+    with pytest.raises(ConnectionError):
+        make().run({}, run_id=run_id, store=store)
+    assert store.load_items(run_id, "top[None]0/quick#exec") == {0: 1}
+    make().resume(shared := {}, run_id=run_id, store=store)
+    assert calls == ["exec", "post", "post"] and shared == {"result": 1}
 
 
 def test_an_error_in_exec_reruns_exec_on_resume(store):
