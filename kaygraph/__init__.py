@@ -478,8 +478,9 @@ class Store(Protocol):
         """Return every result recorded under ``position`` ({} when none)."""
 
     def fork(self, run_id: str, step: int, new_run_id: str) -> None:
-        """Copy the checkpoints of ``run_id`` up to ``step`` under ``new_run_id`` (no item
-        results). KeyError for an unknown run or step; ValueError if ``new_run_id`` exists."""
+        """Copy the checkpoints of ``run_id`` up to ``step``, and its item results, under
+        ``new_run_id``. KeyError for an unknown run or step; ValueError if ``new_run_id``
+        exists."""
 
     def delete(self, run_id: str) -> None:
         """Remove everything kept for ``run_id``; nothing happens for an unknown run."""
@@ -705,13 +706,13 @@ class _Frame:
             return enumerate(items)
         key = f"{graph._step_key}#batch"
         inside = bool(run.resume) and run.resume[0][0] == graph.node_id  # resumes in a run
-        saved = run.store.load_items(str(run.run_id), key) if inside else run.recall_all(key)
+        saved = run.load(key) if inside else run.recall_all(key, own=False)
         if 0 in saved:
             params = saved[0]
         else:
             params = list(items)
             run.items(key, {0: params})
-        done = run.recall_all(f"{graph._step_key}#runs") if concurrent else {}
+        done = run.recall_all(f"{graph._step_key}#runs", own=False) if concurrent else {}
         start = (run.resume[0][1] or 0) if inside else 0
         return ((i, p) for i, p in islice(enumerate(params), start, None) if i not in done)
 
@@ -831,17 +832,29 @@ class _Run:
         self.saved = self.step
 
     def items(self, key: str, results: dict[int, Any]) -> None:
+        """Record results under ``key``, each tagged with the number of the step that makes
+        them (completed steps + 1), so that a resume knows whose they are (see load)."""
+        tagged = {i: [self.completed + 1, result] for i, result in results.items()}
         if self.sync:
-            self.store.save_items(self.run_id, key, results)  # type: ignore[union-attr,arg-type]
+            self.store.save_items(self.run_id, key, tagged)  # type: ignore[union-attr,arg-type]
         else:
-            self.pending.setdefault(key, {}).update(results)
+            self.pending.setdefault(key, {}).update(tagged)
 
-    def recall_all(self, key: str) -> dict[int, Any]:
+    def load(self, key: str, own: bool = False) -> dict[int, Any]:
+        """The results recorded under ``key`` by the steps up to the one being resumed (with
+        ``own``: by that step itself). Others are stale: made after a fork's step, or
+        before its checkpoint was edited."""
+        found = self.store.load_items(self.run_id, key)  # type: ignore[union-attr,arg-type]
+        mine = self.completed + 1
+        return {i: result for i, (step, result) in found.items()
+                if (step == mine if own else step <= mine)}
+
+    def recall_all(self, key: str, own: bool = True) -> dict[int, Any]:
         """What an earlier run of the step being resumed recorded under ``key`` ({} when
         none); only that step looks, so a run without a crash never reads."""
         if not self.resumed_key or not key.startswith(self.resumed_key):
             return {}
-        return self.store.load_items(self.run_id, key)  # type: ignore[union-attr,arg-type]
+        return self.load(key, own)
 
     def recall(self, key: str) -> list[Any]:
         """``[result]`` journaled under ``key`` by an earlier run of this step, or ``[]``."""

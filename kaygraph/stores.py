@@ -353,9 +353,11 @@ class BaseStore:
 
     def fork(self, run_id: str, step: int, new_run_id: str) -> None:
         """Copy the checkpoints of ``run_id`` up to and including ``step`` (and the values
-        they hold) under ``new_run_id``, which then goes on from ``step``; item results
-        are not copied. KeyError when ``run_id`` is unknown or has no checkpoint ``step``;
-        ValueError when ``new_run_id`` already has checkpoints."""
+        they hold) under ``new_run_id``, which then goes on from ``step``; item results are
+        copied too (the core tags each with the step that wrote it and ignores, when it
+        resumes the fork, those written after ``step``). KeyError when ``run_id`` is
+        unknown or has no checkpoint ``step``; ValueError when ``new_run_id`` already has
+        checkpoints."""
         _check_str("run_id", run_id)
         _check_step("step", step)
         _check_str("new_run_id", new_run_id)
@@ -621,6 +623,9 @@ class MemoryStore(BaseStore):
             kept = self._blobs[run_id]
             self._blobs[new_run_id] = {h: kept[h] for h in _refs(rows)}
             self._rows[new_run_id] = rows
+            for (rid, position), items in list(self._items.items()):
+                if rid == run_id:
+                    self._items[(new_run_id, position)] = dict(items)
 
     def _remove(self, run_id: str) -> None:
         with self._lock:
@@ -873,6 +878,8 @@ class _SQLStore(_Closing, BaseStore):
                            " VALUES (?, ?, ?, ?) ON CONFLICT (run_id, position, idx)"
                            " DO UPDATE SET data = excluded.data")
         self._items_at = q("SELECT idx, data FROM {items} WHERE run_id = ? AND position = ?")
+        self._copy_items = q("INSERT INTO {items} (run_id, position, idx, data)"
+                             " SELECT ?, position, idx, data FROM {items} WHERE run_id = ?")
         self._deletes = [q(f"DELETE FROM {{{t}}} WHERE run_id = ?") for t in names]
 
     def _locked(self, cur: Any, run_id: str) -> tuple[int, int] | None:
@@ -941,6 +948,7 @@ class _SQLStore(_Closing, BaseStore):
             _fork_errors(run_id, step, new_run_id, new_exists, rows, run_exists)
             cur.executemany(self._put_row, [(new_run_id, *r) for r in rows])
             cur.executemany(self._copy_blob, [(new_run_id, run_id, h) for h in _refs(rows)])
+            cur.execute(self._copy_items, (new_run_id, run_id))
 
     def _remove(self, run_id: str) -> None:
         with self._db.cursor(self._db.begin_write) as cur:

@@ -44,6 +44,12 @@ def new_run():
     return f"run-{uuid.uuid4().hex[:10]}"
 
 
+def recorded(store, run_id, key):
+    """The results the core recorded under ``key`` ({index: result}; stored with the step
+    that wrote each, which a resume of a fork uses)."""
+    return {i: result for i, (_step, result) in store.load_items(run_id, key).items()}
+
+
 # ---------------------------------------------------------------- nodes that say what ran
 
 class Logs:
@@ -688,7 +694,7 @@ def test_an_exec_worth_journaling_is_on_disk_before_post_runs(store, seconds, on
             return {"answer": 42}
 
         def post(self, shared, _, result):
-            seen["journal"] = store.load_items(run_id, "top[None]0/call#exec")
+            seen["journal"] = recorded(store, run_id, "top[None]0/call#exec")
             shared["result"] = result
 
     Graph(Call(node_id="call"), node_id="top").run({}, run_id=run_id, store=store)
@@ -714,7 +720,7 @@ def test_a_held_exec_result_is_written_when_post_fails_and_not_run_again(store):
 
     with pytest.raises(ConnectionError):
         make().run({}, run_id=run_id, store=store)
-    assert store.load_items(run_id, "top[None]0/quick#exec") == {0: 1}
+    assert recorded(store, run_id, "top[None]0/quick#exec") == {0: 1}
     make().resume(shared := {}, run_id=run_id, store=store)
     assert calls == ["exec", "post", "post"] and shared == {"result": 1}
 
@@ -872,7 +878,7 @@ def test_checkpoint_items_records_results_and_a_resume_runs_only_the_others(
     graph = squares_graph(cls, runs, bad=6, checkpoint_items=True, **kwargs)
     with pytest.raises(ValueError, match="item 6 failed"):
         run_graph(graph, "run", {"n": 10}, run_id=run_id, store=store, durability=durability)
-    held = store.load_items(run_id, ITEMS_KEY)
+    held = recorded(store, run_id, ITEMS_KEY)
     assert held == {i: i * i for i in held}  # each result under its index
     assert 6 not in held and set(held) <= set(runs)
     assert len(held) >= surely and set(held) <= set(range(10)) - {6}, held
@@ -1380,10 +1386,6 @@ def test_interrupts_in_checkpointed_batch_items_each_get_their_own_answer(store)
                                  [5, "ok 5"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/stores: store.fork copies no item results, and the params list of a batch graph "
-    "is kept as item results (#batch), so a fork resumed inside a batch graph walks the "
-    "list prep gives now, not the saved one"))
 def test_a_fork_inside_a_batch_graph_resumes_with_the_saved_params_list(store):
     run_id, log = new_run(), []
     orders(log, alone=True).run(shared := {}, run_id=run_id, store=store)
@@ -1423,3 +1425,60 @@ def test_interrupts_in_two_concurrent_batch_runs_each_ask_their_own_question(sto
     asyncio.run(make().resume_async(shared := {}, run_id=run_id, store=store, value="yes 2"))
     assert asked == ["run 1?", "run 2?"]
     assert shared == {"0": None, "1": "yes 1", "2": "yes 2", "3": None}
+
+
+def test_a_fork_of_a_concurrent_batch_graph_reruns_the_runs_that_completed_after_it(store):
+    # The original run completed every run; a fork from the checkpoint made when the first
+    # run completed must run the other three again (their "done" marks are newer).
+    class Mark(Node):
+        def prep(self, shared):
+            shared.setdefault("seen", []).append(self.params["i"])
+
+    class Each(POrders):
+        def prep(self, shared):
+            return [{"i": i} for i in range(4)]
+
+    run_id = new_run()
+
+    def make():  # concurrent: each run is marked done when it completes
+        return Each(Mark(node_id="mark"), node_id="each", max_concurrency=2)
+
+    asyncio.run(make().run_async({}, run_id=run_id, store=store))
+    first = next(h["step"] for h in store.history(run_id) if h["node_id"] == "each")
+    store.fork(run_id, first, fork := new_run())
+    asyncio.run(make().resume_async(shared := {}, run_id=fork, store=store))
+    assert len(shared["seen"]) == 4 and sorted(shared["seen"]) == [0, 1, 2, 3]
+
+
+def test_an_edited_fork_runs_the_next_exec_again_instead_of_the_origins_journal(store):
+    class Set(Node):
+        def post(self, shared, _, __):
+            shared["x"] = 1
+
+    class Times(Node):
+        def prep(self, shared):
+            return shared["x"]
+
+        def exec(self, x):
+            time.sleep(5 * JOURNAL_AFTER)  # long enough to be journaled before post
+            return x * 10
+
+        def post(self, shared, _, result):
+            shared["result"] = result
+
+    def make():
+        g = Graph(node_id="top")
+        g.start(Set(node_id="set")) >> Times(node_id="times")
+        return g
+
+    run_id = new_run()
+    make().run({}, run_id=run_id, store=store)
+    store.fork(run_id, 1, fork := new_run())
+    edited = store.load(fork)
+    edited["shared"]["x"], edited["step"] = 2, 2
+    store.save(edited, 1)
+    make().resume(shared := {}, run_id=fork, store=store)
+    assert shared == {"x": 2, "result": 20}
+    store.fork(run_id, 1, plain := new_run())  # not edited: the origin's journal is its own
+    make().resume(shared := {}, run_id=plain, store=store)
+    assert shared == {"x": 1, "result": 10}

@@ -406,7 +406,7 @@ def test_fork_copies_the_run_up_to_a_step_with_its_values(store):
     store.fork(run, 3, copy)
     assert store.history(copy) == store.history(run)[:3]
     assert store.load(copy) == at_three
-    assert store.load_items(copy, "p") == {}  # item results are not copied
+    assert store.load_items(copy, "p") == {0: "item"}  # item results are copied too
     assert store.load(run)["step"] == 5  # the original is untouched
     store.delete(run)  # the fork holds its own copies of the values
     assert store.load(copy) == at_three
