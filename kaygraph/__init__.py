@@ -351,43 +351,42 @@ class _Items:
         return [known[i] if i in known else new[i] for i in range(self.total)]
 
 
+class _ItemEvents:
+    """``with _ItemEvents(node, index):`` reports item_start and item_end (with its error)
+    around one item of an observed batch, in the context that runs it, so its events and
+    spans nest under the step's: one mechanism for the sync and async item runners."""
+
+    __slots__ = ("node", "index", "start")
+
+    def __init__(self, node: Node[Any, Any], index: int) -> None:
+        self.node, self.index = node, index
+
+    def __enter__(self) -> None:
+        node, frame = self.node, self.node._frame
+        if frame is not None:
+            node._index, self.start = self.index, time.perf_counter()
+            frame.run.emit("item_start", frame, node.node_id, item_index=self.index)
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        frame = self.node._frame
+        if frame is not None:
+            frame.run.emit("item_end", frame, self.node.node_id, item_index=self.index,
+                           error=exc, seconds=time.perf_counter() - self.start)
+
+
 def _item(node: Node[Any, Any], index: int, item: Any) -> Any:
-    """Run one item of a planned batch on ``node`` (its copy, for parallel items), in the
-    context that runs it, so its events and spans nest under the step's."""
-    frame, policy = node._frame, node.cache_policy
-    if frame is None:
+    """Run one item of a planned batch on ``node`` (its copy, for parallel items)."""
+    policy = node.cache_policy
+    with _ItemEvents(node, index):
         return node._retry(item) if policy is None else policy.call(node, item)
-    node._index, start = index, time.perf_counter()
-    frame.run.emit("item_start", frame, node.node_id, item_index=index)
-    try:
-        result = node._retry(item) if policy is None else policy.call(node, item)
-    except BaseException as exc:
-        frame.run.emit("item_end", frame, node.node_id, item_index=index, error=exc,
-                       seconds=time.perf_counter() - start)
-        raise
-    frame.run.emit("item_end", frame, node.node_id, item_index=index,
-                   seconds=time.perf_counter() - start)
-    return result
 
 
 async def _item_async(node: AsyncNode[Any, Any], index: int, item: Any) -> Any:
     """The async twin of :func:`_item`."""
-    frame, policy = node._frame, node.cache_policy
-    if frame is None:
+    policy = node.cache_policy
+    with _ItemEvents(node, index):
         return await (node._retry_async(item) if policy is None
                       else policy.call_async(node, item))
-    node._index, start = index, time.perf_counter()
-    frame.run.emit("item_start", frame, node.node_id, item_index=index)
-    try:
-        result = await (node._retry_async(item) if policy is None
-                        else policy.call_async(node, item))
-    except BaseException as exc:
-        frame.run.emit("item_end", frame, node.node_id, item_index=index, error=exc,
-                       seconds=time.perf_counter() - start)
-        raise
-    frame.run.emit("item_end", frame, node.node_id, item_index=index,
-                   seconds=time.perf_counter() - start)
-    return result
 
 
 # --------------------------------------------------------------------------- Config
