@@ -1408,7 +1408,7 @@ class Node(BaseNode[PrepRes, ExecRes]):
     """A node whose ``exec`` is retried: the retry loop that every node type shares.
 
     ``Node(max_retries=1, wait=0, node_id=None, config=None, *, backoff=1.0, max_wait=None,
-    jitter=0.0, retry_on=Exception)``:
+    jitter=0.0, retry_on=Exception, timeout=None, cache_policy=None, checkpoint_items=None)``:
 
     - ``max_retries`` (int >= 1): attempts in all, the first included.
     - ``wait`` (seconds >= 0): the wait before the second attempt; before attempt k+1 it is
@@ -1417,6 +1417,10 @@ class Node(BaseNode[PrepRes, ExecRes]):
       error it does not accept skips the remaining attempts. An error raised by the
       predicate itself propagates, chained to the error it was judging.
     - ``timeout`` (seconds, async nodes only; see :class:`AsyncNode`).
+    - ``cache_policy``: a :class:`CachePolicy` (or set it on the class): a cached result
+      skips ``exec`` and its retries. Set it on the class or here, not on the node later.
+    - ``checkpoint_items`` (batch nodes; or the class attribute): in a durable run, each
+      item's result is recorded, so a resumed step runs only the items without one.
 
     When every attempt failed, ``exec_fallback(prep_res, exc)`` decides: its return value
     is the result; by default it re-raises ``exc``. ``cur_retry`` is the 0-based attempt
@@ -1552,7 +1556,8 @@ class BatchNode(Node[Any, Any], Generic[Item, Result]):
     TypeError naming the node (it would run one item per character or key). Each item gets
     its own retries; ``post`` receives the list of results in input order. Items run one
     after another in the calling thread. Generic in the item and result types:
-    ``class Parse(BatchNode[Path, Stats])``.
+    ``class Parse(BatchNode[Path, Stats])``. With ``checkpoint_items`` in a durable run, item
+    results are written in groups, at most every 0.2 s and when the batch ends or fails.
     """
 
     def prep(self, shared: Shared) -> Iterable[Item] | None:
